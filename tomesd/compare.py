@@ -11,7 +11,7 @@ import torch
 import tomesd
 from tomesd.timing import PeakMemory, PipelineRun, timed_pipeline_call
 
-__all__ = ["Generation", "GenerationSettings", "generate", "set_ratio"]
+__all__ = ["Generation", "GenerationSettings", "generate", "patch_option_defaults", "set_ratio"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,14 @@ class Generation:
     run: PipelineRun
     peak_mib: float
     memory_kind: str
+
+
+def patch_option_defaults() -> dict[str, Any]:
+    """The diffusers patch options other than ``ratio``, with their defaults
+    (``tomesd.patch.diffusers.OPTIONS``): what the app and the scripts offer next to the ratios."""
+    from tomesd.patch.diffusers import OPTIONS
+
+    return {name: default for name, default in OPTIONS.items() if name != "ratio"}
 
 
 def set_ratio(pipe: Any, ratio: float, options: Mapping[str, Any] | None = None) -> None:

@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEMO", "DTYPES", "load_pipeline", "parse_dtype"]
+__all__ = ["DEMO", "DTYPES", "default_settings", "load_pipeline", "parse_dtype"]
 
 DEMO = "demo"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MODEL_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# Usual Stable Diffusion settings for user models; the demo model brings its own.
+USER_MODEL_DEFAULTS = {"size": 512, "steps": 25, "guidance": 7.5, "prompts": ["a photo of an astronaut riding a horse"]}
 # A key only SD XL checkpoints have: its second text encoder (OpenCLIP ViT-bigG).
 _SDXL_KEY_PREFIX = "conditioner.embedders.1."
 
@@ -38,6 +40,25 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; accepted: {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def default_settings(source: str | Path | None = DEMO) -> dict[str, Any]:
+    """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own, or usual
+    SD 1.x values for any other model.
+
+    Returns:
+        A dict with keys ``size`` (int, pixels), ``steps`` (int), ``guidance`` (float), ``prompts`` (list).
+    """
+    if source is not None and str(source).strip() not in ("", DEMO):
+        return dict(USER_MODEL_DEFAULTS)
+    from tomesd import demo
+
+    return {
+        "size": demo.DEFAULT_SIZE,
+        "steps": demo.DEFAULT_STEPS,
+        "guidance": demo.DEFAULT_GUIDANCE,
+        "prompts": list(demo.EXAMPLE_PROMPTS),
+    }
 
 
 def load_pipeline(

@@ -8,17 +8,15 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from tomesd.compare import GenerationSettings
-from tomesd.loading import DEMO, load_pipeline
+from tomesd.compare import GenerationSettings, patch_option_defaults
+from tomesd.loading import DEMO, default_settings, load_pipeline
 
 from .comparison import compare_ratios, results_table, speed_chart
 
-__all__ = ["Cancelled", "ModelCache", "build_app", "defaults_for"]
+__all__ = ["Cancelled", "ModelCache", "build_app"]
 
 RATIO_CHOICES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_RATIOS = [0.0, 0.3, 0.5, 0.7]
-# Usual Stable Diffusion 1.x settings, for user models; the demo model brings its own.
-USER_MODEL_DEFAULTS = {"size": 512, "steps": 25, "guidance": 7.5, "prompts": ["a photo of an astronaut riding a horse"]}
 
 
 class Cancelled(Exception):
@@ -42,27 +40,6 @@ class ModelCache:
             self._pipe = load_pipeline(source, device=self.device, dtype=self.dtype)
             self._source = source
         return self._pipe
-
-
-def defaults_for(model: str) -> dict[str, Any]:
-    """Size, steps, guidance and example prompts: the demo model's own, or usual SD values otherwise."""
-    if model.strip() not in ("", DEMO):
-        return USER_MODEL_DEFAULTS
-    from tomesd import demo
-
-    return {
-        "size": demo.DEFAULT_SIZE,
-        "steps": demo.DEFAULT_STEPS,
-        "guidance": demo.DEFAULT_GUIDANCE,
-        "prompts": list(demo.EXAMPLE_PROMPTS),
-    }
-
-
-def _patch_options() -> dict[str, Any]:
-    """The diffusers patch options other than ``ratio``, with their defaults."""
-    from tomesd.patch.diffusers import OPTIONS
-
-    return {name: default for name, default in OPTIONS.items() if name != "ratio"}
 
 
 def _option_control(name: str, default: Any) -> gr.components.Component:
@@ -100,8 +77,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
     Returns:
         The Gradio Blocks; call ``.queue(default_concurrency_limit=1).launch(...)`` (``python -m ui`` does).
     """
-    defaults = defaults_for(model)
-    options = _patch_options()
+    defaults = default_settings(model)
+    options = patch_option_defaults()
     cache = ModelCache(device, dtype)
     cancel = threading.Event()
     busy = threading.Lock()  # a cancelled run finishes its current step before the next run starts
