@@ -56,6 +56,7 @@ def time_interleaved(
     warmup: int = 1,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    prepare: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Timing]:
     """Time each callable of ``settings``, interleaved: ``warmup`` untimed rounds, then ``repeats`` rounds
     each calling every setting once in turn.
@@ -66,6 +67,8 @@ def time_interleaved(
         warmup: untimed rounds first (caches, allocator, lazy initialisation).
         device: synchronised around each call so GPU work is counted.
         progress: show a tqdm bar over all calls.
+        prepare: optional name -> an untimed callable run before each call of that setting (e.g. switching
+            a model's patch to the setting's options).
 
     Returns:
         name -> :class:`Timing` with ``repeats`` measurements.
@@ -84,6 +87,8 @@ def time_interleaved(
     for round_index in range(warmup + repeats):
         for name, fn in settings.items():
             bar.set_postfix_str(name)
+            if prepare is not None and name in prepare:
+                prepare[name]()
             synchronize(device)
             start = time.perf_counter()
             fn()
