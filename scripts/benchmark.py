@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ import torch
 import tomesd
 from tomesd.compare import GenerationSettings, patch_option_defaults, set_ratio
 from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
-from tomesd.timing import time_interleaved, timed_pipeline_call
+from tomesd.timing import execution_device, time_interleaved, timed_pipeline_call
 
 # Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): 859,520,964 parameters.
 SD15_UNET: dict[str, Any] = {
@@ -209,7 +210,7 @@ def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings
         return run
 
     timings = time_interleaved(
-        {s.name: generation(s.name) for s in settings}, repeats, warmup, pipe.unet.device, progress=True,
+        {s.name: generation(s.name) for s in settings}, repeats, warmup, execution_device(pipe), progress=True,
         prepare={s.name: (lambda s=s: set_ratio(pipe, s.ratio, s.options)) for s in settings},
     )
     tomesd.remove_patch(pipe)
@@ -229,11 +230,12 @@ def machine_description(args: argparse.Namespace) -> str:
     import diffusers
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
         f"device {args.device} ({device}), torch {torch.__version__} with {torch.get_num_threads()} CPU thread(s), "
         f"diffusers {diffusers.__version__}, tomesd {tomesd.__version__}, dtype {args.dtype}, "
         f"resolution {args.resolution}x{args.resolution}, median of {args.repeats} interleaved run(s) after "
-        f"{args.warmup} warm-up round(s)"
+        f"{args.warmup} warm-up round(s); machine load average at the end (1, 5, 15 min): {load}"
     )
 
 

@@ -34,7 +34,8 @@ import torch
 
 import tomesd
 from tomesd.compare import GenerationSettings, generate, patch_option_defaults
-from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline
+from tomesd.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, default_settings, load_pipeline
+from tomesd.timing import execution_device
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.md"
@@ -232,7 +233,7 @@ def library_versions() -> dict[str, str]:
 
 
 def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.device, rank: int,
-               world_size: int, versions: dict[str, str]) -> dict[str, Any]:
+               world_size: int, versions: dict[str, str], placement: dict[str, str]) -> dict[str, Any]:
     """The log line of one image."""
     return {
         "file": job.filename,
@@ -253,6 +254,7 @@ def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.
         "memory_kind": generation.memory_kind,
         "device": str(device),
         "dtype": config["dtype"],
+        **placement,
         "torch_threads": torch.get_num_threads(),
         "rank": rank,
         "world_size": world_size,
@@ -262,25 +264,25 @@ def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.
 
 
 def run_jobs(pipe: Any, jobs: list[Job], settings_for: Any, config: dict[str, Any], out: Path, log_path: Path,
-             rank: int, world_size: int, warmup: bool, stop: StopOnInterrupt, show_progress: bool) -> int:
+             rank: int, world_size: int, warmup: bool, stop: StopOnInterrupt, placement: dict[str, str]) -> int:
     """Generate ``jobs`` in order, each image written atomically after its log line. Returns how many were done."""
     from tqdm.auto import tqdm
 
-    device = pipe.unet.device
+    device = execution_device(pipe)
     versions = library_versions()
     options = config["patch_options"]
     if warmup and jobs:
         for ratio in sorted({job.ratio for job in jobs}):
             generate(pipe, settings_for(jobs[0], steps=1), jobs[0].seed, ratio, options)
     done = 0
-    bar = tqdm(jobs, desc=f"rank {rank}" if world_size > 1 else "images", position=rank, disable=not show_progress)
+    bar = tqdm(jobs, desc=f"rank {rank}" if world_size > 1 else "images", position=rank)
     for job in bar:
         if stop.requested:
             break
         generation = generate(pipe, settings_for(job), job.seed, job.ratio, options)
         tmp = out / f".{job.filename}.tmp.png"
         generation.image.save(tmp)
-        append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions))
+        append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions, placement))
         os.replace(tmp, out / job.filename)
         done += 1
         bar.set_postfix(ratio=f"{job.ratio:g}", its=f"{generation.run.its:.2f}")
@@ -309,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, help="pixels, multiple of 8 (default: the model's usual)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", help="e.g. cpu, cuda:0 (default: accelerate's choice for this process)")
+    parser.add_argument("--offload", default="none", choices=OFFLOAD,
+                        help="keep weights on the CPU, moving them to the GPU per model or per layer (GPU only)")
+    parser.add_argument("--attention", default="sdpa", choices=ATTENTION,
+                        help="U-Net attention: PyTorch SDPA (default), classic softmax(QK^T)V, or xformers (GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed 1-step generation per ratio that precedes the timed ones")
@@ -382,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     with state.split_between_processes(pending) as my_jobs:
         if my_jobs:
             device = args.device or state.device
-            pipe = load_pipeline(args.model, device=device, dtype=args.dtype)
+            placement = {"offload": args.offload, "attention": args.attention}
+            try:
+                pipe = load_pipeline(args.model, device=device, dtype=args.dtype, **placement)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
 
             def settings_for(job: Job, steps: int | None = None) -> GenerationSettings:
                 return GenerationSettings(job.prompt, job.negative_prompt, steps or config["steps"],
@@ -390,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 done = run_jobs(pipe, my_jobs, settings_for, config, out, out / f"log.rank{state.process_index}.jsonl",
-                                state.process_index, state.num_processes, args.warmup, stop, show_progress=True)
+                                state.process_index, state.num_processes, args.warmup, stop, placement)
             except KeyboardInterrupt:
                 stop.requested = True
     stop.restore()

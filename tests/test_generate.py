@@ -17,7 +17,7 @@ import pytest
 from scripts import generate as gen
 
 ROOT = Path(__file__).resolve().parents[1]
-LOG_FIELDS = {"prompt", "negative_prompt", "seed", "ratio", "patch_options", "steps", "width", "height", "seconds",
+LOG_FIELDS = {"offload", "attention", "prompt", "negative_prompt", "seed", "ratio", "patch_options", "steps", "width", "height", "seconds",
               "its", "peak_memory_mib", "memory_kind", "device", "dtype", "versions", "rank", "world_size", "file"}
 
 

@@ -77,3 +77,25 @@ def test_demo_defaults_come_from_the_demo_model():
     demo = pytest.importorskip("tomesd.demo", reason="the demo model has not landed on this branch yet")
     defaults = default_settings("demo")
     assert defaults["size"] == demo.DEFAULT_SIZE and defaults["prompts"] == list(demo.EXAMPLE_PROMPTS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"offload": "model"}, "offload='model' needs a GPU device, not 'cpu'"),
+        ({"offload": "sequential"}, "needs a GPU"),
+        ({"attention": "xformers"}, "attention='xformers' needs a GPU"),
+        ({"offload": "disk"}, "unknown offload 'disk'"),
+        ({"attention": "flash"}, "unknown attention 'flash'"),
+    ],
+)
+def test_impossible_placements_are_refused_before_loading(tiny_pipeline_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_pipeline(tiny_pipeline_dir, device="cpu", **kwargs)
+
+
+def test_classic_attention_replaces_the_unets_processors(tiny_pipeline_dir):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = load_pipeline(tiny_pipeline_dir, attention="classic")
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor}

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 import tomesd
-from tomesd.timing import PeakMemory, PipelineRun, timed_pipeline_call
+from tomesd.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
 
 __all__ = ["Generation", "GenerationSettings", "generate", "patch_option_defaults", "set_ratio"]
 
@@ -112,7 +112,7 @@ def generate(
     try:
         set_ratio(pipe, ratio, options)
         generator = torch.Generator("cpu").manual_seed(int(seed))
-        with PeakMemory(pipe.unet.device) as memory:
+        with PeakMemory(execution_device(pipe)) as memory:
             output, run = timed_pipeline_call(
                 pipe,
                 on_step=on_step,

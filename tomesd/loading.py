@@ -18,9 +18,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEMO", "DTYPES", "default_settings", "load_pipeline", "parse_dtype"]
+__all__ = ["ATTENTION", "DEMO", "DTYPES", "OFFLOAD", "default_settings", "load_pipeline", "parse_dtype"]
 
 DEMO = "demo"
+# How the pipeline's weights are placed: all on ``device``, or kept on the CPU and moved to the GPU per model
+# (diffusers' enable_model_cpu_offload) or per layer (enable_sequential_cpu_offload: least memory, slowest).
+OFFLOAD = ("none", "model", "sequential")
+# Attention implementation of the U-Net's attention layers: PyTorch's fused scaled_dot_product_attention
+# (diffusers' default), the explicit softmax(QK^T)V ("classic", diffusers' AttnProcessor) or xFormers (GPU).
+ATTENTION = ("sdpa", "classic", "xformers")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MODEL_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Usual Stable Diffusion settings for user models; the demo model brings its own.
@@ -67,6 +73,8 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
     config: str | Path | None = None,
+    offload: str = "none",
+    attention: str = "sdpa",
 ) -> Any:
     """Load a Stable Diffusion pipeline (SD 1.x/2.x/XL) from ``source`` and move it to ``device``.
 
@@ -77,15 +85,18 @@ def load_pipeline(
         dtype: weights and activations dtype, a ``torch.dtype`` or its name.
         config: for a single-file checkpoint only, a diffusers folder or model id with the matching
             configs (needed offline: without it diffusers fetches the configs from the hub).
+        offload: one of :data:`OFFLOAD`; ``"model"``/``"sequential"`` need a GPU ``device``.
+        attention: one of :data:`ATTENTION`.
 
     Returns:
         The pipeline, with its own progress bar disabled (callers show theirs).
 
     Raises:
         ValueError: the source does not exist, is not safetensors, is not a U-Net diffusion pipeline,
-            or ``config`` is given for a folder/model id.
+            ``config`` is given for a folder/model id, or ``offload``/``attention`` is unknown or needs a GPU.
     """
     dtype = parse_dtype(dtype)
+    _check_placement(torch.device(device), offload, attention)
     source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
     if config is not None and (source == DEMO or not source.endswith(".safetensors")):
         raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
@@ -95,11 +106,38 @@ def load_pipeline(
         pipe = load_demo(device=device, dtype=dtype)
     else:
         pipe = _load_user_pipeline(source, dtype, config)
-        pipe.to(device)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(f"{source!r} loaded a {type(pipe).__name__}, which has no U-Net to patch")
+    _place(pipe, torch.device(device), offload, attention)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _check_placement(device: torch.device, offload: str, attention: str) -> None:
+    """Refuse unknown or impossible placement options before anything is loaded."""
+    if offload not in OFFLOAD:
+        raise ValueError(f"unknown offload {offload!r}; accepted: {', '.join(OFFLOAD)}")
+    if attention not in ATTENTION:
+        raise ValueError(f"unknown attention {attention!r}; accepted: {', '.join(ATTENTION)}")
+    if device.type == "cpu" and (offload != "none" or attention == "xformers"):
+        wanted = f"offload={offload!r}" if offload != "none" else "attention='xformers'"
+        raise ValueError(f"{wanted} needs a GPU device, not {str(device)!r}")
+
+
+def _place(pipe: Any, device: torch.device, offload: str, attention: str) -> None:
+    """Choose the attention implementation, then move the weights (or set up offloading) for ``device``."""
+    if attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+    elif attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
 
 
 def _load_user_pipeline(source: str, dtype: torch.dtype, config: str | Path | None) -> Any:

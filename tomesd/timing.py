@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "PeakMemory",
+    "execution_device",
     "PipelineRun",
     "Timing",
     "synchronize",
@@ -39,6 +40,11 @@ class Timing:
     def speedup_over(self, baseline: "Timing") -> float:
         """How many times faster than ``baseline`` (>1 is faster), from the medians."""
         return baseline.median / self.median
+
+
+def execution_device(pipe: Any) -> torch.device:
+    """The device a diffusers pipeline computes on, also when its weights are offloaded to the CPU."""
+    return torch.device(getattr(pipe, "_execution_device", pipe.unet.device))
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -135,7 +141,7 @@ def timed_pipeline_call(
         The pipeline's output and a :class:`PipelineRun`.
     """
     total = int(call_kwargs["num_inference_steps"])
-    device = pipe.unet.device
+    device = execution_device(pipe)
     run = PipelineRun()
     first_unet_call: list[float] = []
 
