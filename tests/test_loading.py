@@ -50,6 +50,20 @@ def test_config_only_applies_to_single_files(tiny_pipeline_dir):
         load_pipeline(tiny_pipeline_dir, config=tiny_pipeline_dir)
 
 
+def test_loads_a_single_safetensors_checkpoint_in_the_original_layout(tiny_pipeline_dir, tmp_path):
+    import ldm_checkpoint
+
+    folder_pipe = load_pipeline(tiny_pipeline_dir)
+    path = tmp_path / "community-model.safetensors"
+    save_file(ldm_checkpoint.ldm_state_dict(folder_pipe), str(path))
+    pipe = load_pipeline(path, config=tiny_pipeline_dir)  # offline: configs from the folder, weights from the file
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    for name in ("unet", "vae", "text_encoder"):
+        expected, loaded = getattr(folder_pipe, name).state_dict(), getattr(pipe, name).state_dict()
+        assert expected.keys() == loaded.keys()
+        assert all(torch.equal(expected[k], loaded[k].reshape(expected[k].shape)) for k in expected), name
+
+
 @pytest.mark.parametrize("xl", [False, True])
 def test_single_file_architecture_is_recognised_from_its_keys(tmp_path, xl):
     from tomesd.loading import _single_file_pipeline_class
