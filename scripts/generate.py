@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     pending = [job for job in jobs if not (out / job.filename).is_file()]
+    state.wait_for_everyone()  # every process has listed the same pending jobs before any is written
     skipped = len(jobs) - len(pending)
     if state.is_main_process:
         print(f"{len(jobs)} images planned, {skipped} already written, {len(pending)} to generate "
