@@ -138,9 +138,15 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line, in one write, flushed to disk."""
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record, sort_keys=True) + "\n")
+    """Append ``record`` as one JSON line, in one write, flushed to disk. A line cut short by a hard kill is
+    terminated first, so it stays the only unreadable one."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with open(path, "a+b") as log:
+        if log.tell() > 0:
+            log.seek(-1, os.SEEK_END)
+            if log.read(1) != b"\n":
+                line = b"\n" + line
+        log.write(line)
         log.flush()
         os.fsync(log.fileno())
 
@@ -280,8 +286,8 @@ def run_jobs(pipe: Any, jobs: list[Job], settings_for: Any, config: dict[str, An
         if stop.requested:
             break
         generation = generate(pipe, settings_for(job), job.seed, job.ratio, options)
-        tmp = out / f".{job.filename}.tmp.png"
-        generation.image.save(tmp)
+        tmp = out / f".{job.filename}.partial"  # not *.png: never mistaken for a finished image
+        generation.image.save(tmp, format="PNG")
         append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions, placement))
         os.replace(tmp, out / job.filename)
         done += 1
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp.png"):  # left by a hard kill; its job is still pending
+        for stale in out.glob(".*.partial"):  # left by a hard kill; its job is still pending
             stale.unlink()
     state.wait_for_everyone()
     try:

@@ -164,10 +164,10 @@ def test_interrupted_run_leaves_complete_files_and_resume_finishes_each_image_on
         assert process.returncode == 130, err
         assert "stopping after the current image" in err
     written = _images(out)
-    assert 1 <= len(written) < 4
+    assert 1 <= len(written) < 4 and all(not name.startswith(".") for name in written)
     assert {r["file"] for r in gen.read_logs(out)} == written  # every image has its log line
     assert gen.main(_args(tiny_pipeline_dir, out, *JOBS, "--steps", "2")) == 0
-    assert not list(out.glob(".*.tmp*"))
+    assert not list(out.glob(".*.partial"))
     records = gen.read_logs(out)
     assert len(_images(out)) == 4 and sorted(r["file"] for r in records) == sorted(_images(out))
 
@@ -194,3 +194,14 @@ def test_two_processes_split_the_jobs_and_one_summary_covers_both(tiny_pipeline_
     # A single-process re-run with more seeds generates only the new images, next to the old logs.
     assert gen.main(_args(tiny_pipeline_dir, out, *_jobs(0, 1, 2))) == 0
     assert len(gen.read_logs(out)) == 6 and len(_log_lines(out)) == 6
+
+
+def test_a_log_line_cut_by_a_hard_kill_costs_only_itself(tmp_path):
+    log = tmp_path / "log.rank0.jsonl"
+    gen.append_log(log, {"file": "a.png", "time": "1"})
+    with open(log, "a") as handle:
+        handle.write('{"file": "b.png", "ti')  # killed mid-write
+    gen.append_log(log, {"file": "c.png", "time": "2"})
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert sorted(r["file"] for r in gen.read_logs(tmp_path)) == ["a.png", "c.png"]
