@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import tomesd
-from tomesd.compare import GenerationSettings, patch_option_defaults, set_ratio
+from tomesd.compare import GenerationSettings, check_ratio, patch_option_defaults, set_ratio
 from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
 from tomesd.timing import execution_device, time_interleaved, timed_pipeline_call
 
@@ -335,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         variants = [parse_variant(v) for v in args.variant] or [("default", {})]
-        for ratio in args.ratios:
-            if not 0 <= ratio < 1:
-                raise ValueError(f"ratio {ratio:g} is out of range; accepted: 0 <= ratio < 1")
+        ratios = [check_ratio(ratio) for ratio in args.ratios]
         if args.repeats < 1 or args.warmup < 0:
             raise ValueError("--repeats must be >= 1 and --warmup >= 0")
         if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
@@ -346,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = make_settings(args.ratios, variants)
+    settings = make_settings(ratios, variants)
     rows: list[Row] = []
     units = []
     for arch in args.arch:

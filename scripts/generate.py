@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import torch
 
 import tomesd
-from tomesd.compare import GenerationSettings, generate, patch_option_defaults
+from tomesd.compare import GenerationSettings, check_ratio, generate, patch_option_defaults
 from tomesd.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, default_settings, load_pipeline
 from tomesd.timing import execution_device
 
@@ -344,9 +344,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Job], d
         prompts = [(p, args.negative_prompt) for p in args.prompt] + (read_prompts(args.prompts) if args.prompts else [])
         if not prompts:
             raise ValueError("no prompt: give --prompt TEXT or --prompts FILE")
-        for ratio in args.ratios:
-            if not 0 <= ratio < 1:
-                raise ValueError(f"ratio {ratio:g} is out of range; accepted: 0 <= ratio < 1")
+        ratios = sorted({check_ratio(ratio) for ratio in args.ratios})
         defaults = default_settings(args.model)
         config = {
             "model": args.model,
@@ -360,7 +358,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Job], d
         GenerationSettings("check", "", config["steps"], config["guidance"], config["width"], config["height"])
     except ValueError as error:
         parser.error(str(error))
-    jobs = plan_jobs(prompts, list(dict.fromkeys(args.seeds)), sorted(set(args.ratios)))
+    jobs = plan_jobs(prompts, list(dict.fromkeys(args.seeds)), ratios)
     return args, jobs, config
 
 

@@ -11,7 +11,7 @@ import torch
 import tomesd
 from tomesd.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
 
-__all__ = ["Generation", "GenerationSettings", "generate", "patch_option_defaults", "set_ratio"]
+__all__ = ["Generation", "GenerationSettings", "check_ratio", "generate", "patch_option_defaults", "set_ratio"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,21 @@ class Generation:
     run: PipelineRun
     peak_mib: float
     memory_kind: str
+
+
+def check_ratio(value: Any) -> float:
+    """``value`` as a merge ratio.
+
+    Raises:
+        ValueError: not a number in [0, 1).
+    """
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ratio {value!r} is not a number; accepted: numbers from 0 to below 1") from None
+    if not 0 <= ratio < 1:
+        raise ValueError(f"ratio {ratio:g} is out of range; accepted: 0 <= ratio < 1")
+    return ratio
 
 
 def patch_option_defaults() -> dict[str, Any]:

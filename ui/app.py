@@ -53,17 +53,15 @@ def _option_control(name: str, default: Any) -> gr.components.Component:
     return gr.Textbox(value="" if default is None else str(default), label=label, elem_id=f"opt-{name}")
 
 
-def _option_value(default: Any, value: Any) -> Any:
-    """Convert a control's value back to the option's type (Gradio numbers arrive as floats)."""
+def _option_value(name: str, default: Any, value: Any) -> Any:
+    """A control's value converted back to the option's type (Gradio numbers arrive as floats)."""
     if isinstance(default, bool):
         return bool(value)
     if isinstance(default, int):
-        if value is None or float(value) != int(value):
-            raise ValueError(f"expected a whole number, got {value!r}")
-        return int(value)
+        return _whole(value, f"patch option {name}")
     if isinstance(default, float):
         return float(value)
-    return default if value in ("", None) and default is None else value
+    return value
 
 
 def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") -> gr.Blocks:
@@ -93,7 +91,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
                 settings = GenerationSettings(prompt, negative, _whole(steps, "steps"), float(guidance),
                                               _whole(width, "width"), _whole(height, "height"))
                 patch_options = {
-                    name: _checked_option(name, default, value)
+                    name: _option_value(name, default, value)
                     for (name, default), value in zip(options.items(), option_values)
                 }
                 progress(0, desc=f"loading model {model_source or DEMO}")
@@ -173,11 +171,3 @@ def _whole(value: Any, name: str) -> int:
     if value is None or float(value) != int(value):
         raise ValueError(f"{name}={value!r} must be a whole number")
     return int(value)
-
-
-def _checked_option(name: str, default: Any, value: Any) -> Any:
-    """``_option_value`` with the option's name in the error."""
-    try:
-        return _option_value(default, value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"patch option {name}: {error}") from None

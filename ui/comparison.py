@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 from PIL import Image, ImageChops
 
 import tomesd
-from tomesd.compare import Generation, GenerationSettings, generate
+from tomesd.compare import Generation, GenerationSettings, check_ratio, generate
 
 __all__ = ["RatioResult", "compare_ratios", "parse_ratios", "results_table", "speed_chart"]
 
@@ -57,16 +57,7 @@ def parse_ratios(values: Iterable[Any]) -> list[float]:
     Raises:
         ValueError: a value is not a number in [0, 1).
     """
-    ratios = set()
-    for value in values:
-        try:
-            ratio = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"ratio {value!r} is not a number; accepted: numbers from 0 to below 1") from None
-        if not 0 <= ratio < 1:
-            raise ValueError(f"ratio {ratio:g} is out of range; accepted: 0 <= ratio < 1")
-        ratios.add(ratio)
-    return sorted(ratios | {0.0})
+    return sorted({check_ratio(value) for value in values} | {0.0})
 
 
 def compare_ratios(
