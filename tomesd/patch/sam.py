@@ -35,15 +35,15 @@ __all__ = ["OPTIONS", "apply", "supports"]
 
 OPTIONS: dict[str, Any] = {"sx": 2, "sy": 2, "blocks": "global", "merge_mlp": False}
 
-_SEGMENT_ANYTHING = {"Sam": "image_encoder", "ImageEncoderViT": None}
-_TRANSFORMERS = {"SamModel": "vision_encoder", "SamVisionModel": "vision_encoder", "SamVisionEncoder": None}
+_SEGMENT_ANYTHING = {"Sam": "image_encoder", "ImageEncoderViT": ""}
+_TRANSFORMERS = {"SamModel": "vision_encoder", "SamVisionModel": "vision_encoder", "SamVisionEncoder": ""}
 _BLOCK_CHOICES = ("global", "all")
 
 
 def supports(model: Any) -> bool:
     """Whether ``model`` is a segment-anything ``Sam`` / ``ImageEncoderViT`` or a transformers ``SamModel``
     / ``SamVisionModel`` / ``SamVisionEncoder``."""
-    return _encoder_attribute(model) is not False
+    return _encoder_path(model) is not None
 
 
 def apply(model: nn.Module, state: PatchState, sx: int = 2, sy: int = 2, blocks: str = "global",
@@ -101,19 +101,19 @@ def _run_merged(forward: Callable[..., Any], sx: int, sy: int, *args: Any, **kwa
     return (output, None) if isinstance(result, tuple) else output
 
 
-def _encoder_attribute(model: Any) -> str | None | bool:
-    """Where the image encoder sits on a supported model (None: the model is the encoder), or False."""
+def _encoder_path(model: Any) -> str | None:
+    """The attribute holding the image encoder of a supported model ("" for the encoder itself), else None."""
     cls = type(model)
-    if cls.__module__.startswith("segment_anything.") and cls.__name__ in _SEGMENT_ANYTHING:
-        return _SEGMENT_ANYTHING[cls.__name__]
-    if cls.__module__.startswith("transformers.models.sam.") and cls.__name__ in _TRANSFORMERS:
-        return _TRANSFORMERS[cls.__name__]
-    return False
+    if cls.__module__.startswith("segment_anything."):
+        return _SEGMENT_ANYTHING.get(cls.__name__)
+    if cls.__module__.startswith("transformers.models.sam."):
+        return _TRANSFORMERS.get(cls.__name__)
+    return None
 
 
 def _image_encoder(model: nn.Module) -> nn.Module:
-    attribute = _encoder_attribute(model)
-    return model if attribute is None else getattr(model, attribute)
+    path = _encoder_path(model)
+    return getattr(model, path) if path else model
 
 
 def _target_blocks(encoder: nn.Module, blocks: str) -> list[nn.Module]:

@@ -51,6 +51,7 @@ class _MergeInfo:
     protected: int
     proportional_attention: bool
     trace_source: bool
+    options: dict[str, Any]  # the patch's recorded options (PatchState.options), kept in step by set_r
     size: Tensor | None = None  # (B, N, 1) original tokens held by each current token
     source: Tensor | None = None  # (B, N, N0) membership of current tokens in the input tokens
     metric: Tensor | None = None  # (B, N, C) keys of the latest attention, averaged over heads
@@ -130,7 +131,7 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_at
     """
     blocks = _validated_blocks(model)
     info = _MergeInfo(parse_r(r, len(blocks)), model.num_prefix_tokens, bool(proportional_attention),
-                      bool(trace_source))
+                      bool(trace_source), state.options)
     _check_schedule(info.schedule, _num_tokens(model), info.protected, r)
     state.set_attr(model, _INFO_ATTR, info)
     state.add_undo(model.patch_embed.register_forward_pre_hook(lambda module, args: info.reset()).remove)
@@ -154,7 +155,7 @@ def set_r(model: nn.Module, r: RSchedule) -> None:
     schedule = parse_r(r, len(info.schedule))
     _check_schedule(schedule, _num_tokens(model), info.protected, r)
     info.schedule = schedule
-    model._tomesd.options["r"] = r
+    info.options["r"] = r
 
 
 def merge_sources(model: nn.Module) -> Tensor | None:
