@@ -43,7 +43,7 @@ def main() -> None:
     for index, panel in enumerate(panels):
         strip.paste(panel, (index * (panel.width + 8), 0))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(args.out)
+    strip.quantize(256).save(args.out, optimize=True)  # a palette PNG: small enough to commit
     print(f"wrote {args.out}: the input, then r = {', '.join(map(str, args.r))}")
 
 
