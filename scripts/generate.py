@@ -282,17 +282,22 @@ def run_jobs(pipe: Any, jobs: list[Job], settings_for: Any, config: dict[str, An
             generate(pipe, settings_for(jobs[0], steps=1), jobs[0].seed, ratio, options)
     done = 0
     bar = tqdm(jobs, desc=f"rank {rank}" if world_size > 1 else "images", position=rank)
-    for job in bar:
-        if stop.requested:
-            break
-        generation = generate(pipe, settings_for(job), job.seed, job.ratio, options)
-        tmp = out / f".{job.filename}.partial"  # not *.png: never mistaken for a finished image
-        generation.image.save(tmp, format="PNG")
-        append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions, placement))
-        os.replace(tmp, out / job.filename)
-        done += 1
-        bar.set_postfix(ratio=f"{job.ratio:g}", its=f"{generation.run.its:.2f}")
-    tomesd.remove_patch(pipe)
+    try:
+        for job in bar:
+            if stop.requested:
+                break
+            generation = generate(pipe, settings_for(job), job.seed, job.ratio, options)
+            tmp = out / f".{job.filename}.partial"  # not *.png: never mistaken for a finished image
+            generation.image.save(tmp, format="PNG")
+            append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions, placement))
+            os.replace(tmp, out / job.filename)
+            done += 1
+            bar.set_postfix(ratio=f"{job.ratio:g}", its=f"{generation.run.its:.2f}")
+    except KeyboardInterrupt:  # second Ctrl-C: the current image is abandoned; the next run removes its .partial
+        stop.requested = True
+    finally:
+        bar.close()
+        tomesd.remove_patch(pipe)
     return done
 
 
@@ -362,8 +367,53 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Job], d
     return args, jobs, config
 
 
+def prepare_output(state: Any, out: Path, config: dict[str, Any], jobs: list[Job]) -> list[Job]:
+    """Create ``out``, check its settings, and return the jobs whose image is not there yet (the same list in
+    every process).
+
+    Raises:
+        ValueError: ``out`` holds images made with other settings.
+    """
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.partial"):  # left by a hard kill; its job is still pending
+            stale.unlink()
+    state.wait_for_everyone()
+    check_run_config(out, config, write=state.is_main_process)
+    pending = [job for job in jobs if not (out / job.filename).is_file()]
+    state.wait_for_everyone()  # every process has listed the pending jobs before any is written
+    if state.is_main_process:
+        print(f"{len(jobs)} images planned, {len(jobs) - len(pending)} already written, {len(pending)} to "
+              f"generate on {state.num_processes} process(es)", file=sys.stderr)
+    return pending
+
+
+def generate_share(args: argparse.Namespace, config: dict[str, Any], jobs: list[Job], state: Any,
+                   stop: StopOnInterrupt) -> int:
+    """Load the model on this process's device and generate this process's ``jobs``; returns how many."""
+    if not jobs:
+        return 0
+    placement = {"offload": args.offload, "attention": args.attention}
+    pipe = load_pipeline(args.model, device=args.device or state.device, dtype=args.dtype, **placement)
+
+    def settings_for(job: Job, steps: int | None = None) -> GenerationSettings:
+        return GenerationSettings(job.prompt, job.negative_prompt, steps or config["steps"], config["guidance"],
+                                  config["width"], config["height"])
+
+    return run_jobs(pipe, jobs, settings_for, config, args.out, args.out / f"log.rank{state.process_index}.jsonl",
+                    state.process_index, state.num_processes, args.warmup, stop, placement)
+
+
+def write_summary(out: Path) -> str:
+    """Summarise every log in ``out`` into ``summary.md``; returns the Markdown."""
+    records = read_logs(out)
+    summary = summary_markdown(summarise(records), records) if records else "no images yet\n"
+    _write_atomically(out / SUMMARY_FILE, summary.encode())
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the batch; returns the exit code (0 done, 130 interrupted)."""
+    """Run the batch; returns the exit code (0 done, 2 bad input, 130 interrupted)."""
     from accelerate import PartialState
 
     args, jobs, config = parse_args(argv)
@@ -371,51 +421,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     # Without a GPU (or with --device cpu) processes started by torchrun / accelerate launch talk over gloo.
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.accelerator.is_available()))
-    out: Path = args.out
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.partial"):  # left by a hard kill; its job is still pending
-            stale.unlink()
-    state.wait_for_everyone()
+    stop = StopOnInterrupt()
     try:
-        check_run_config(out, config, write=state.is_main_process)
-    except ValueError as error:
+        pending = prepare_output(state, args.out, config, jobs)
+        with state.split_between_processes(pending) as my_jobs:
+            done = generate_share(args, config, my_jobs, state, stop)
+    except ValueError as error:  # settings of an existing --out, or a model that cannot be loaded
         print(f"error: {error}", file=sys.stderr)
         return 2
-    pending = [job for job in jobs if not (out / job.filename).is_file()]
-    state.wait_for_everyone()  # every process has listed the same pending jobs before any is written
-    skipped = len(jobs) - len(pending)
-    if state.is_main_process:
-        print(f"{len(jobs)} images planned, {skipped} already written, {len(pending)} to generate "
-              f"on {state.num_processes} process(es)", file=sys.stderr)
-    stop = StopOnInterrupt()
-    done = 0
-    with state.split_between_processes(pending) as my_jobs:
-        if my_jobs:
-            device = args.device or state.device
-            placement = {"offload": args.offload, "attention": args.attention}
-            try:
-                pipe = load_pipeline(args.model, device=device, dtype=args.dtype, **placement)
-            except ValueError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-
-            def settings_for(job: Job, steps: int | None = None) -> GenerationSettings:
-                return GenerationSettings(job.prompt, job.negative_prompt, steps or config["steps"],
-                                          config["guidance"], config["width"], config["height"])
-
-            try:
-                done = run_jobs(pipe, my_jobs, settings_for, config, out, out / f"log.rank{state.process_index}.jsonl",
-                                state.process_index, state.num_processes, args.warmup, stop, placement)
-            except KeyboardInterrupt:
-                stop.requested = True
-    stop.restore()
+    finally:
+        stop.restore()
     state.wait_for_everyone()
     if state.is_main_process:
-        records = read_logs(out)
-        summary = summary_markdown(summarise(records), records) if records else "no images yet\n"
-        _write_atomically(out / SUMMARY_FILE, summary.encode())
-        print(summary)
+        print(write_summary(args.out))
     print(f"rank {state.process_index}: generated {done} image(s)" + (" (interrupted)" if stop.requested else ""),
           file=sys.stderr)
     return 130 if stop.requested else 0

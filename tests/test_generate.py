@@ -205,3 +205,8 @@ def test_a_log_line_cut_by_a_hard_kill_costs_only_itself(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / name).write_bytes(b"")
     assert sorted(r["file"] for r in gen.read_logs(tmp_path)) == ["a.png", "c.png"]
+
+
+def test_a_model_that_cannot_be_loaded_is_reported(tmp_path, capsys):
+    assert gen.main(_args(tmp_path / "no-model", tmp_path / "run", "--prompt", "a")) == 2
+    assert "not found" in capsys.readouterr().err
