@@ -153,7 +153,8 @@ def _jobs(*seeds: int) -> tuple[str, ...]:
 JOBS = _jobs(0, 1)  # 4 images
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "hard-kill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)],
+                         ids=["ctrl-c", "hard-kill"])
 def test_interrupted_run_leaves_complete_files_and_resume_finishes_each_image_once(tiny_pipeline_dir, tmp_path, sig):
     out = tmp_path / "run"
     process = _start(tiny_pipeline_dir, out, *JOBS, "--steps", "2")

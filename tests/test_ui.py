@@ -172,6 +172,7 @@ def test_bad_input_is_reported_in_the_page_and_the_app_keeps_working(page, field
     assert page.locator("#gallery img").count() == 0
 
 
+@pytest.mark.slow
 def test_a_long_comparison_can_be_cancelled_and_the_next_one_runs(page, tiny_pipeline_dir):
     _tiny_settings(page, steps=400)
     page.click("#run")
