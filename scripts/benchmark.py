@@ -23,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ SDXL_UNET: dict[str, Any] = {
     "norm_num_groups": 32,
 }
 UNET_CONFIGS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}
+TOMESD013_PYTHON = Path(__file__).resolve().parents[1] / ".venv-tomesd013" / "bin" / "python"
 TEXT_TOKENS = 77
 
 
@@ -189,6 +192,28 @@ def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, reso
             for s in settings]
 
 
+def measure_tomesd013(arch: str, python: Path, ratios: list[float], batch: int, resolution: int, repeats: int,
+                      threads: int) -> list[Row]:
+    """The same U-Net forward patched by the original tomesd 0.1.3, timed in its own environment
+    (``scripts/setup_tomesd013.sh``; both packages import as ``tomesd``) by ``unet_speed_worker.py``,
+    interleaved with its own unpatched baseline."""
+    spec = {
+        "config": UNET_CONFIGS[arch], "latent": resolution // 8, "batch": batch, "threads": threads,
+        "repeats": repeats, "settings": [{"label": f"{r:g}", "options": {"ratio": r}} for r in ratios if r > 0],
+    }
+    worker = Path(__file__).with_name("unet_speed_worker.py")
+    done = subprocess.run([str(python), str(worker)], input=json.dumps(spec), stdout=subprocess.PIPE, text=True,
+                          check=True)
+    result = json.loads(done.stdout)
+    label = f"tomesd {result['tomesd']}"
+    base = statistics.median(result["baseline_s"])
+    rows = [Row(arch, label, 0.0, base, 1.0, repeats)]
+    for setting in result["settings"]:
+        rows.append(Row(arch, label, float(setting["label"]), statistics.median(setting["times_s"]),
+                        setting["speedup"], repeats))
+    return rows
+
+
 # ---------------------------------------------------------------- whole pipeline (demo or user model)
 
 def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings, seed: int, repeats: int,
@@ -297,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="patch options to compare, e.g. 'mlp:merge_mlp=true' (repeatable; default: the "
-                             "patcher's defaults); for SD XL use max_downsample=2, its first level has no attention")
+                             "patcher's defaults)")
     parser.add_argument("--resolution", type=int, help="pixels (default: 512 for sd15, 1024 for sdxl, the "
                         "model's usual for pipeline)")
     parser.add_argument("--batch", type=int, default=2, help="U-Net batch (default 2: guidance's two halves)")
@@ -310,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
+    parser.add_argument("--compare-013", type=Path, metavar="PYTHON", nargs="?", const=TOMESD013_PYTHON,
+                        help="also time tomesd 0.1.3 on the same U-Nets with this interpreter (default "
+                             f"{TOMESD013_PYTHON}, made by scripts/setup_tomesd013.sh)")
     return parser
 
 
@@ -325,8 +353,13 @@ def run_arch(arch: str, args: argparse.Namespace, settings: list[Setting]) -> tu
         return measure_pipeline(pipe, settings, gen, args.seed, args.repeats, args.warmup, label), "generation"
     args.resolution = args.resolution or (1024 if arch == "sdxl" else 512)
     unet = build_unet(arch, parse_dtype(args.dtype), args.device)
-    return measure_unet(arch, unet, settings, args.batch, args.resolution, args.repeats, args.warmup), \
-        f"U-Net forward, batch {args.batch}"
+    rows = measure_unet(arch, unet, settings, args.batch, args.resolution, args.repeats, args.warmup)
+    if args.compare_013:
+        del unet  # free its memory before the other process builds its own
+        ratios = sorted({s.ratio for s in settings})
+        rows += measure_tomesd013(arch, args.compare_013, ratios, args.batch, args.resolution, args.repeats,
+                                  torch.get_num_threads())
+    return rows, f"U-Net forward, batch {args.batch}"
 
 
 def main(argv: list[str] | None = None) -> int:

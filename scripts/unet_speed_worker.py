@@ -4,8 +4,8 @@ Run by ``scripts/benchmark.py --compare-013`` once with this project's environme
 tomesd 0.1.3's (``scripts/setup_tomesd013.sh``), so that both are measured by the same code. It reads a
 JSON spec on standard input and prints one JSON object on standard output:
 
-    spec   = {"config": {...UNet2DConditionModel config...}, "latent": 64, "batch": 2, "text_dim": 768,
-              "added_cond": false, "threads": 2, "repeats": 3, "settings": [{"label": ..., "options": {...}}]}
+    spec   = {"config": {...UNet2DConditionModel config...}, "latent": 64, "batch": 2, "threads": 2,
+              "repeats": 3, "settings": [{"label": ..., "options": {...}}]}
     result = {"tomesd": "0.1.3", "baseline_s": [...], "settings": [{"label": ..., "times_s": [...],
               "speedup": median(baseline) / median(setting), "deviation": mean |out - base| / mean |base|}]}
 
@@ -27,13 +27,16 @@ import tomesd
 
 
 def _inputs(spec: dict) -> tuple[tuple, dict]:
-    g = torch.Generator().manual_seed(0)
+    """Seeded U-Net inputs for the spec's latent size, with SD XL's extra conditioning when configured."""
+    config, g = spec["config"], torch.Generator().manual_seed(0)
     batch, latent = spec["batch"], spec["latent"]
-    sample = torch.randn(batch, 4, latent, latent, generator=g)
-    text = torch.randn(batch, 77, spec["text_dim"], generator=g)
+    sample = torch.randn(batch, config.get("in_channels", 4), latent, latent, generator=g)  # (B, 4, h, w)
+    text = torch.randn(batch, 77, config["cross_attention_dim"], generator=g)  # (B, 77, C)
     kwargs = {}
-    if spec.get("added_cond"):
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, 1280, generator=g), "time_ids": torch.zeros(batch, 6)}
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled, generator=g),
+                                       "time_ids": torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]] * batch)}
     return (sample, torch.tensor(500), text), kwargs
 
 

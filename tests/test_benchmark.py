@@ -77,3 +77,16 @@ def test_bad_arguments_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tomesd013_comparison_runs_the_worker_with_the_given_interpreter(monkeypatch):
+    import sys
+
+    from test_unet_speed_worker import TINY
+
+    # this environment's tomesd stands in for 0.1.3: the same worker, another interpreter path
+    monkeypatch.setitem(bench.UNET_CONFIGS, "toy", TINY)
+    rows = bench.measure_tomesd013("toy", sys.executable, [0.0, 0.5], batch=1, resolution=128, repeats=1, threads=1)
+    assert [r.ratio for r in rows] == [0.0, 0.5]
+    assert rows[0].variant == f"tomesd {tomesd.__version__}" and rows[0].speedup == 1.0
+    assert rows[1].median_s > 0 and rows[1].speedup > 0

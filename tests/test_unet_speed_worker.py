@@ -15,7 +15,7 @@ TINY = {
 
 def test_worker_reports_interleaved_speedups_and_exact_ratio_zero():
     spec = {
-        "config": TINY, "latent": 16, "batch": 2, "text_dim": 32, "threads": 1, "repeats": 2,
+        "config": TINY, "latent": 16, "batch": 2, "threads": 1, "repeats": 2,
         "settings": [{"label": "r0", "options": {"ratio": 0.0}}, {"label": "r0.5", "options": {"ratio": 0.5}}],
     }
     done = subprocess.run(
