@@ -169,7 +169,8 @@ def train_denoiser(args, stage: str, denoiser: Denoiser, vae, ckpt: Checkpoints,
     peak = args.lr if stage == "unet" else args.lr * 0.3
     noise_schedule = arch.build_train_scheduler()
     start = denoiser.load(ckpt.load(stage))
-    for step in tqdm(range(start, steps), desc=stage, initial=start, total=steps):
+    bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps)
+    for step in bar:
         for group in denoiser.opt.param_groups:
             group["lr"] = peak * min(1.0, (step + 1) / 100)
         gen = step_generator(args.seed, stage, step)
@@ -189,6 +190,7 @@ def train_denoiser(args, stage: str, denoiser: Denoiser, vae, ckpt: Checkpoints,
         denoiser.opt.step()
         denoiser.update_ema()
         log.append({"stage": stage, "step": step, "loss": loss.item()})
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             ckpt.save(stage, denoiser.state(step + 1))
 

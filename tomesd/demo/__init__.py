@@ -71,7 +71,7 @@ def load_pipeline(
             f"the demo model is missing from {DEMO_MODEL_DIR}; train it with `python scripts/train_demo.py`"
         )
     pipe = StableDiffusionPipeline.from_pretrained(
-        DEMO_MODEL_DIR, torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+        DEMO_MODEL_DIR, dtype=dtype, use_safetensors=True, local_files_only=True,
         safety_checker=None, requires_safety_checker=False,
     )
     pipe = pipe.to(torch.device(device))

@@ -103,5 +103,6 @@ def build_train_scheduler() -> DDPMScheduler:
 
 
 def build_sampling_scheduler() -> DPMSolverMultistepScheduler:
-    """The fast multistep solver shipped with the pipeline, on the training noise schedule."""
-    return DPMSolverMultistepScheduler(**NOISE_SCHEDULE)
+    """The fast multistep solver shipped with the pipeline, on the training noise schedule (with the
+    ``steps_offset=1`` diffusers expects of SD pipelines)."""
+    return DPMSolverMultistepScheduler(**NOISE_SCHEDULE, steps_offset=1)
