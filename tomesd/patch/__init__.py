@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 # Order matters: a SAM model contains ViT-like parts, and a pipeline is checked before bare models.
-FAMILIES = ("diffusers", "sam", "timm")
+FAMILIES = ("diffusers",)  # "sam", "timm" join as their modules land
 
 
 def family_of(model: Any) -> ModuleType:
