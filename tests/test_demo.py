@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+import tomesd
 import tomesd.demo
 from tomesd.demo import DEFAULT_SIZE, DEMO_MODEL_DIR, EXAMPLE_PROMPTS, load_pipeline
 from tomesd.demo.__main__ import main as cli
@@ -113,6 +114,17 @@ def test_generation_at_tiny_settings_is_deterministic_for_a_seed(pipe):
     assert first.shape == (32, 32, 3) and np.isfinite(first).all()
     assert np.array_equal(first, _tiny(pipe, "a red circle", seed=1))
     assert not np.array_equal(first, _tiny(pipe, "a red circle", seed=2))
+
+
+def test_token_merging_changes_the_demo_image_and_removal_restores_it_exactly(pipe):
+    reference = _tiny(pipe, "a red circle", seed=3)
+    tomesd.apply_patch(pipe, ratio=0.5)
+    try:
+        merged = _tiny(pipe, "a red circle", seed=3)
+    finally:
+        tomesd.remove_patch(pipe)
+    assert not np.array_equal(reference, merged)
+    assert np.array_equal(reference, _tiny(pipe, "a red circle", seed=3))
 
 
 def test_load_pipeline_rejects_a_non_dtype(monkeypatch):
