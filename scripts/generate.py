@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         pending = prepare_output(state, args.out, config, jobs)
         with state.split_between_processes(pending) as my_jobs:
             done = generate_share(args, config, my_jobs, state, stop)
-    except ValueError as error:  # settings of an existing --out, or a model that cannot be loaded
+    except (ValueError, OSError) as error:  # settings of an existing --out, or a model that cannot be loaded
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
