@@ -175,3 +175,22 @@ def test_block_merge_is_the_mean_that_excludes_padding():
 def test_block_merge_rejects_bad_k():
     with pytest.raises(ValueError, match="k must be >= 1"):
         block_merge(_tokens(), 0)
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (7, 5)])
+def test_local_matching_merges_each_candidate_into_its_own_cell_only(h, w):
+    x = _tokens(n=h * w)
+    plan = bipartite_soft_matching_random2d(x, w, h, 2, 2, 1000, torch.Generator().manual_seed(2), local=True)
+    cells = (h // 2) * (w // 2)
+    assert plan.r == 3 * cells  # every candidate inside a whole cell, none of the leftovers
+    src_pos, dst_pos = plan.src_idx[plan.merged], plan.dst_idx[plan.target]
+    assert torch.equal(src_pos // w // 2, dst_pos // w // 2) and torch.equal(src_pos % w // 2, dst_pos % w // 2)
+    assert bool((src_pos // w < (h // 2) * 2).all() and (src_pos % w < (w // 2) * 2).all())
+
+
+def test_local_matching_picks_the_most_similar_candidates():
+    x = _tokens(batch=1, n=16, c=4)
+    keep, src, dst = random2d_partition(4, 4, 2, 2, None)  # destinations 0, 2, 8, 10
+    x[0, 1] = x[0, 0]  # candidate 1 duplicates its cell's destination 0
+    plan = bipartite_soft_matching_random2d(x, 4, 4, 2, 2, 1, None, local=True)
+    assert plan.src_idx[plan.merged].tolist() == [[1]] and plan.dst_idx[plan.target].tolist() == [[0]]

@@ -184,6 +184,37 @@ def test_sdxl_merges_with_plain_defaults_at_its_finest_attention_level():
     assert set(seen["attn1"]) == {32}
 
 
+def test_kv_downsample_pools_keys_and_values_of_merged_self_attention():
+    unet = tiny.unet()
+    inputs = _inputs(size=18)  # 18x18 tokens at level 1: pooled 2x2 -> 9x9 keys/values
+    keys: list[int] = []
+    attn1 = [m.attn1 for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    tomesd.apply_patch(unet, ratio=0.5, kv_downsample=2)
+    handles = [a.register_forward_pre_hook(lambda m, a, kw: keys.append(kw["encoder_hidden_states"].shape[1] if kw.get("encoder_hidden_states") is not None else -1), with_kwargs=True) for a in attn1]
+    out = _run(unet, inputs)
+    for handle in handles:
+        handle.remove()
+    assert sorted(set(keys)) == [-1, 81]  # pooled at level 1, plain self-attention at level 2
+    assert torch.isfinite(out).all()
+    tomesd.apply_patch(unet, ratio=0.5, kv_downsample=1)
+    assert not torch.equal(_run(unet, inputs), out)
+
+
+def test_local_matching_merges_as_many_tokens_and_stays_close_to_global():
+    unet = tiny.unet()
+    inputs = _inputs()
+    base = _run(unet, inputs)
+    tomesd.apply_patch(unet, ratio=0.5, matching="local")
+    seen = _token_counts(unet, lambda: _run(unet, inputs), ("attn1",))
+    local = _run(unet, inputs)
+    tomesd.apply_patch(unet, ratio=0.5, matching="global")
+    global_ = _run(unet, inputs)
+    assert 128 in seen["attn1"]
+    # random weights: both approximations deviate from the unmerged output by a comparable amount
+    dev_local, dev_global = (local - base).abs().mean(), (global_ - base).abs().mean()
+    assert 0 < dev_local < 3 * dev_global
+
+
 @pytest.mark.parametrize("size,sx,sy", [(18, 2, 2), (16, 3, 3), (14, 2, 3)])
 def test_latent_sizes_that_are_not_multiples_of_the_strides(size, sx, sy):
     unet = tiny.unet()
@@ -254,6 +285,8 @@ def test_forward_and_backward_with_the_patch_on():
         ({"max_downsample": 3}, ValueError, "power of two"),
         ({"merge_mlp": "yes"}, TypeError, "merge_mlp must be True or False"),
         ({"ratios": 0.5}, TypeError, "unknown option.*'ratios'.*accepted: ratio, max_downsample"),
+        ({"kv_downsample": 0}, ValueError, "kv_downsample must be a positive integer"),
+        ({"matching": "fast"}, ValueError, "matching must be one of 'global', 'local'; got 'fast'"),
     ],
 )
 def test_bad_options_raise_clear_errors_and_leave_the_model_unpatched(options, error, message):

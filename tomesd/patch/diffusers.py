@@ -33,7 +33,11 @@ OPTIONS: dict[str, Any] = {
     "merge_crossattn": False,
     "merge_mlp": False,
     "seed": 0,
+    "kv_downsample": 1,
+    "matching": "global",
 }
+
+MATCHINGS = ("global", "local")
 
 _BLOCK_CLASS = "BasicTransformerBlock"
 
@@ -56,14 +60,16 @@ class DiffusersOptions:
     merge_crossattn: bool
     merge_mlp: bool
     seed: int
+    kv_downsample: int
+    matching: str
 
     def __post_init__(self) -> None:
         _check_number("ratio", self.ratio, float)
         if not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be in [0, 1): the share of tokens merged away; got {self.ratio!r}")
-        for name in ("max_downsample", "sx", "sy", "seed"):
+        for name in ("max_downsample", "sx", "sy", "seed", "kv_downsample"):
             _check_number(name, getattr(self, name), int)
-        for name in ("max_downsample", "sx", "sy"):
+        for name in ("max_downsample", "sx", "sy", "kv_downsample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.max_downsample & (self.max_downsample - 1):
@@ -71,6 +77,8 @@ class DiffusersOptions:
         for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
+        if self.matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {', '.join(map(repr, MATCHINGS))}; got {self.matching!r}")
 
 
 def _check_number(name: str, value: Any, kind: type) -> None:
@@ -128,14 +136,26 @@ class BlockMerger:
             self._plan = self._match(metric)
         return self._plan
 
+    def pooled_kv(self, x: Tensor) -> Tensor | None:
+        """Keys/values for merged self-attention: ``x`` (B, N, C) average-pooled over
+        kv_downsample² patches of its grid, or None when pooling is off or does not apply."""
+        k = self.options.kv_downsample
+        if k == 1 or self._input is None or x.shape[:2] != self._input.shape[:2]:
+            return None
+        h, w = self.grid(x.shape[1])
+        grid = x.transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w)
+        pooled = torch.nn.functional.avg_pool2d(grid, k, ceil_mode=True, count_include_pad=False)
+        return pooled.flatten(2).transpose(1, 2)  # (B, ceil(h/k) * ceil(w/k), C)
+
     def _match(self, metric: Tensor) -> MergePlan:
         opts = self.options
-        h, w = self._grid(metric.shape[1])
+        h, w = self.grid(metric.shape[1])
         generator = self.context.generator if opts.use_rand else None
         r = int(metric.shape[1] * opts.ratio)
-        return bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, generator=generator)
+        local = opts.matching == "local"
+        return bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, generator, local)
 
-    def _grid(self, tokens: int) -> tuple[int, int]:
+    def grid(self, tokens: int) -> tuple[int, int]:
         """The (h, w) token grid of this block, from the latent size and the block's downsample factor."""
         ctx, down = self.context, self.downsample
         h, w = -(-ctx.height // down), -(-ctx.width // down)
@@ -159,6 +179,8 @@ def apply(
     merge_crossattn: bool = False,
     merge_mlp: bool = False,
     seed: int = 0,
+    kv_downsample: int = 1,
+    matching: str = "global",
 ) -> None:
     """Patch a diffusers pipeline or model with ToMe for SD. Every model of a pipeline that has transformer
     blocks (the U-Net, each ControlNet) is patched.
@@ -183,12 +205,20 @@ def apply(
         merge_crossattn: merge before cross-attention (``attn2``): little speed, more change.
         merge_mlp: merge before the feed-forward (``ff``): speed on MLP-heavy models, more change.
         seed: seed of the destination generator.
+        kv_downsample: in merged self-attention, also average-pool the keys and values over
+            ``kv_downsample``×``kv_downsample`` patches of the (unmerged) token grid (ToDo-style): attention
+            then costs (1 - ratio) / kv_downsample² of the original. 1 (default) is off.
+        matching: "global" (ToMe, tomesd 0.1.3): each candidate may join any destination, an all-pairs
+            similarity that costs about as much as a small attention at high resolution; "local": only
+            its own cell's destination, O(N·C), much cheaper, merging only within cells.
 
     Raises:
         ValueError: an option out of range, or no transformer block to patch.
         TypeError: an option of the wrong type.
     """
-    options = DiffusersOptions(ratio, max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp, seed)
+    options = DiffusersOptions(
+        ratio, max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp, seed, kv_downsample, matching
+    )
     targets = list(_latent_models(model))
     if not targets:
         raise ValueError(
@@ -252,7 +282,7 @@ def _patch_block(block: nn.Module, merger: BlockMerger, options: DiffusersOption
         sub = getattr(block, name, None)
         if enabled and sub is not None:
             inputs: list[MergePlan | None] = []
-            _hook(state, sub, _merge_input(merger, inputs), pre=True)
+            _hook(state, sub, _merge_input(merger, inputs, self_attention=name == "attn1"), pre=True)
             _hook(state, sub, _unmerge_output(inputs), pre=False)
 
 
@@ -283,18 +313,23 @@ def _begin_block(merger: BlockMerger):
     return hook
 
 
-def _merge_input(merger: BlockMerger, plans: list[MergePlan | None]):
-    """Pre-hook: merge the first input's tokens; remember the plan (or None) for the output hook."""
+def _merge_input(merger: BlockMerger, plans: list[MergePlan | None], self_attention: bool):
+    """Pre-hook: merge the first input's tokens (and, in self-attention, pool the keys/values); remember
+    the plan (or None) for the output hook."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         x = _first_input(args, kwargs, "hidden_states")
-        self_attention_mask = kwargs.get("attention_mask") is not None and kwargs.get("encoder_hidden_states") is None
-        plan = None if self_attention_mask or not isinstance(x, Tensor) else merger.plan_for(x)
+        is_self = self_attention and kwargs.get("encoder_hidden_states") is None
+        masked = is_self and kwargs.get("attention_mask") is not None
+        plan = None if masked or not isinstance(x, Tensor) else merger.plan_for(x)
         plans.append(plan)
         if plan is None:
             return None
-        x = plan.merge(x)  # (B, N - r, C)
-        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+        if is_self:
+            kv = merger.pooled_kv(x)
+            kwargs = kwargs if kv is None else {**kwargs, "encoder_hidden_states": kv}
+        merged = plan.merge(x)  # (B, N - r, C)
+        return ((merged, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": merged})
 
     return hook
 
