@@ -6,7 +6,7 @@ agreement and logit cosine for classifiers, embedding cosine and mask IoU (mask 
 a grid of points) for SAM. Weights are random (pretrained=False / checkpoint=None: no hub access), so
 agreement figures are weak evidence about accuracy.
 
-    python scripts/benchmark_vision.py                  # the README table (about 35 min, 1 thread)
+    python scripts/benchmark_vision.py                  # the README table (16-35 min at 1 thread)
     python scripts/benchmark_vision.py --models deit_s --repeats 3
 """
 
