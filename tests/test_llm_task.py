@@ -1,0 +1,41 @@
+"""The synthetic textualized-tree task and its offline tokenizer (tomesd.llm.task)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tomesd.llm.task import build_tree_tokenizer, sample_tree_example, tree_examples
+
+
+def test_answer_is_the_parent_stated_in_the_context():
+    for example in tree_examples(50, 2, 12, seed=3):
+        sentences = [s.split() for s in example.context.split(" .") if s.strip()]
+        parent_of = {words[-1]: words[0] for words in sentences}  # "P is the parent of C"
+        child = example.question.split()[-2]
+        assert parent_of[child] == example.answer
+        assert len(parent_of) == len(sentences)  # a tree: every child has exactly one parent
+
+
+def test_examples_are_reproducible_and_sized():
+    assert tree_examples(5, 3, 6, seed=1) == tree_examples(5, 3, 6, seed=1)
+    example = sample_tree_example(random.Random(0), 7)
+    assert example.context.count(" is the parent of ") == 6
+
+
+def test_tokenizer_covers_the_task():
+    tokenizer = build_tree_tokenizer()
+    example = tree_examples(1, 8, 8, seed=0)[0]
+    text = f"{example.context} {example.question} {example.answer}"
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert len(ids) == len(text.split())
+    assert tokenizer.decode(ids) == text
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+
+
+@pytest.mark.parametrize("nodes", [1, 27])
+def test_bad_tree_size(nodes):
+    with pytest.raises(ValueError, match="num_nodes must be in"):
+        sample_tree_example(random.Random(0), nodes)
