@@ -31,12 +31,13 @@ from tomesd.llm.train import LengthCurriculum, accuracy, add_lora, save_checkpoi
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, nargs=2, default=[4, 12], help="tree sizes (min max)")
+    parser.add_argument("--nodes", type=int, nargs=2, default=[3, 8], help="tree sizes (min max)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--pretrain-steps", type=int, default=3000, help="uncompressed training steps")
+    parser.add_argument("--pretrain-steps", type=int, default=5000, help="uncompressed training steps")
     parser.add_argument("--adapt-steps", type=int, default=1500, help="encoder + LoRA training steps at K")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both stages")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--eval-count", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
@@ -96,7 +97,7 @@ def main() -> None:
 
     timings = {}
     stage = time.perf_counter()
-    pretrain_losses = train(model, tokenizer, curriculum, 1, args.pretrain_steps, args.batch_size, 1e-3,
+    pretrain_losses = train(model, tokenizer, curriculum, 1, args.pretrain_steps, args.batch_size, args.lr,
                             desc="pretrain K=1")
     timings["pretrain_minutes"] = (time.perf_counter() - stage) / 60
     model.save_pretrained(Path(args.out) / "base")
@@ -107,7 +108,7 @@ def main() -> None:
     encoder = KTokenEncoder(args.hidden, args.k)
     model = add_lora(model, rank=8, alpha=16)
     curriculum = LengthCurriculum(training, lengths, min(lengths), args.adapt_steps // 2, seed=args.seed + 2)
-    adapt_losses = train(model, tokenizer, curriculum, args.k, args.adapt_steps, args.batch_size, 1e-3, encoder,
+    adapt_losses = train(model, tokenizer, curriculum, args.k, args.adapt_steps, args.batch_size, args.lr, encoder,
                          desc=f"encoder+LoRA K={args.k}")
     timings["adapt_minutes"] = (time.perf_counter() - stage) / 60
     save_checkpoint(Path(args.out) / f"k{args.k}", encoder, model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from transformers import AutoTokenizer
 
 from tomesd.llm.task import build_tree_tokenizer, sample_tree_example, tree_examples
 
@@ -24,15 +25,17 @@ def test_examples_are_reproducible_and_sized():
     assert example.context.count(" is the parent of ") == 6
 
 
-def test_tokenizer_covers_the_task():
+def test_tokenizer_covers_the_task_and_survives_save_load(tmp_path):
     tokenizer = build_tree_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
     example = tree_examples(1, 8, 8, seed=0)[0]
     text = f"{example.context} {example.question} {example.answer}"
-    ids = tokenizer(text)["input_ids"]
-    assert tokenizer.unk_token_id not in ids
-    assert len(ids) == len(text.split())
-    assert tokenizer.decode(ids) == text
-    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+    for tok in (tokenizer, AutoTokenizer.from_pretrained(tmp_path)):
+        ids = tok(text)["input_ids"]
+        assert tok.unk_token_id not in ids
+        assert len(ids) == len(text.split())
+        assert tok.decode(ids) == text
+        assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
 
 
 @pytest.mark.parametrize("nodes", [1, 27])

@@ -12,7 +12,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
@@ -62,4 +62,6 @@ def build_tree_tokenizer() -> PreTrainedTokenizerFast:
     model = WordLevel({word: i for i, word in enumerate(words)}, unk_token=SPECIAL_TOKENS["unk_token"])
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = WhitespaceSplit()
+    # Joins words with single spaces (no "##" pieces exist here), so decoding survives save/load unchanged.
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
