@@ -143,12 +143,7 @@ def compress_prompt(
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding side must be one of {PADDING_SIDES}, got {padding_side!r}")
 
-    context_mask, context_ids = pack(attention_mask, input_ids, side="right")
-    embeds = embedding(context_ids)  # (B, N, C)
-    if encoder is None:
-        merged, merged_mask = mean_merge(embeds, context_mask, k)  # (B, M, C), (B, M)
-    else:
-        merged, merged_mask = encoder(embeds, context_mask)
+    merged, merged_mask = _merge_context(embedding, input_ids, attention_mask, k, encoder)  # (B, M, C), (B, M)
     parts_embeds, parts_mask = [merged], [merged_mask]
     labels = [torch.full_like(merged_mask, IGNORE_INDEX, dtype=torch.long)]
     if tail_ids is not None:
@@ -162,6 +157,17 @@ def compress_prompt(
     )
     positions = (mask.long().cumsum(dim=1) - 1).masked_fill(mask == 0, 0)  # (B, L)
     return CompressedPrompt(inputs_embeds, mask, positions, label_ids if tail_labels is not None else None)
+
+
+def _merge_context(
+    embedding: torch.nn.Module, input_ids: Tensor, mask: Tensor, k: int, encoder: KTokenEncoder | None
+) -> tuple[Tensor, Tensor]:
+    """Embed the context and merge it from each sample's first real token (padding moved to the right)."""
+    mask, input_ids = pack(mask, input_ids, side="right")
+    embeds = embedding(input_ids)  # (B, N, C)
+    if encoder is None:
+        return mean_merge(embeds, mask, k)
+    return encoder(embeds, mask)
 
 
 def _gather_rows(x: Tensor, order: Tensor) -> Tensor:
