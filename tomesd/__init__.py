@@ -30,7 +30,7 @@ def apply_patch(model: Model, **options: Any) -> Model:
     :func:`tomesd.patch.sam.apply`.
 
     A model that is already patched is unpatched first, so applying twice equals applying once with the
-    new options. On any error the model is left exactly as it was.
+    new options. On any error the model is left as it was (with its previous patch, if any).
 
     Raises:
         TypeError: the model is of no supported family, or an option is unknown for its family.
@@ -38,12 +38,15 @@ def apply_patch(model: Model, **options: Any) -> Model:
     """
     family = family_of(model)
     options = _with_defaults(family, options)
+    previous = getattr(model, "__dict__", {}).get(_STATE_ATTR)
     remove_patch(model)
     state = PatchState(family.__name__.rsplit(".", 1)[-1], options)
     try:
         family.apply(model, state, **options)
     except BaseException:
         state.undo()
+        if previous is not None:  # put back the patch the model had: nothing lost
+            apply_patch(model, **previous.options)
         raise
     setattr(model, _STATE_ATTR, state)
     return model

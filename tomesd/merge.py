@@ -17,6 +17,7 @@ token back at its original position, merged sources taking the value of their de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import torch
@@ -78,45 +79,76 @@ class MergePlan:
         return iter((self.merge, self.unmerge))
 
     def merge(self, x: Tensor, mode: str = "mean") -> Tensor:
-        """Merge (B, N, C) -> (B, N - r, C); ``mode`` is a ``scatter_reduce`` reduction (mean, sum, amax)."""
+        """Merge (B, N, C) -> (B, N - r, C) by ``mode``: "mean", "sum" or "amax" of each merged group."""
         if self.r == 0:
             return x
-        src = _take(x, self.src_idx)  # (B, Na, C)
-        dst = _take(x, self.dst_idx)  # (B, Nb, C)
-        unm = _take(src, self.unm)  # (B, Na - r, C)
-        moving = _take(src, self.merged)  # (B, r, C)
-        index = self.target.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        dst = dst.scatter_reduce(1, index, moving, reduce=mode)
-        return torch.cat([_take(x, self.keep_idx), unm, dst], dim=1)
+        batch, channels = x.shape[0], x.shape[-1]
+        rows = batch * self.num_merged_tokens
+        flat = x.reshape(batch * self.num_tokens, channels)
+        if mode == "amax":
+            index = self._flat_rows.unsqueeze(-1).expand(-1, channels)
+            merged = flat.new_full((rows, channels), float("-inf")).scatter_reduce(0, index, flat, reduce="amax")
+        elif mode in ("mean", "sum"):
+            merged = flat.new_zeros(rows, channels).index_add(0, self._flat_rows, flat)  # (B * (N - r), C)
+            if mode == "mean":
+                merged = merged / self._group_sizes.to(merged.dtype).unsqueeze(-1)
+        else:
+            raise ValueError(f"merge mode must be 'mean', 'sum' or 'amax'; got {mode!r}")
+        return merged.view(batch, self.num_merged_tokens, channels)
 
     def unmerge(self, x: Tensor) -> Tensor:
         """Undo :meth:`merge` for (B, N - r, C): every token gets back its position and merged sources
         take their destination's value."""
         if self.r == 0:
             return x
-        k, n_unm = self.keep_idx.numel(), self.unm.shape[1]
-        keep, unm, dst = x[:, :k], x[:, k : k + n_unm], x[:, k + n_unm :]
         batch, channels = x.shape[0], x.shape[-1]
-        out = x.new_empty(batch, self.num_tokens, channels)
-        out[:, self.keep_idx] = keep
-        out[:, self.dst_idx] = dst
-        out.scatter_(1, self._positions(self.unm, channels), unm)
-        out.scatter_(1, self._positions(self.merged, channels), _take(dst, self.target))
-        return out
+        flat = x.reshape(batch * self.num_merged_tokens, channels)
+        return flat.index_select(0, self._flat_rows).view(batch, self.num_tokens, channels)
 
-    def _positions(self, candidates: Tensor, channels: int) -> Tensor:
-        """Sequence positions of candidate indices (B, n), expanded to (B, n, C) for scatter."""
-        return self.src_idx[candidates].unsqueeze(-1).expand(-1, -1, channels)
+    @cached_property
+    def rows(self) -> Tensor:
+        """(B, N): the row of the merged sequence that each original token goes to."""
+        k, n_unm, n_dst = self.keep_idx.numel(), self.unm.shape[1], self.dst_idx.numel()
+        batch, device = self.unm.shape[0], self.unm.device
+        rows = torch.empty(batch, self.num_tokens, dtype=torch.long, device=device)
+        rows[:, self.keep_idx] = torch.arange(k, device=device)
+        rows[:, self.dst_idx] = torch.arange(k + n_unm, k + n_unm + n_dst, device=device)
+        rows.scatter_(1, self.src_idx[self.unm], torch.arange(k, k + n_unm, device=device).expand(batch, -1))
+        rows.scatter_(1, self.src_idx[self.merged], k + n_unm + self.target)
+        return rows
+
+    @cached_property
+    def _flat_rows(self) -> Tensor:
+        """:attr:`rows` flattened over the batch: (B * N,) rows of a (B * (N - r), C) view."""
+        offsets = torch.arange(self.rows.shape[0], device=self.rows.device) * self.num_merged_tokens
+        return (self.rows + offsets.unsqueeze(1)).flatten()
+
+    @cached_property
+    def _group_sizes(self) -> Tensor:
+        """(B * (N - r),) how many original tokens each merged row holds."""
+        return torch.bincount(self._flat_rows, minlength=self.rows.shape[0] * self.num_merged_tokens)
 
 
-def _match(metric: Tensor, keep_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, r: int) -> MergePlan:
-    """Bipartite soft matching of candidates to destinations by cosine similarity of ``metric``."""
+def _match(
+    metric: Tensor, keep_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, r: int, local_target: Tensor | None = None
+) -> MergePlan:
+    """Bipartite soft matching of candidates to destinations by cosine similarity of ``metric``.
+
+    With ``local_target`` (Na,), each candidate may only join that destination (-1: none), which costs
+    O(N·C) instead of the all-pairs O(N²·C).
+    """
     batch = metric.shape[0]
-    r = max(0, min(r, src_idx.numel()))
+    allowed = src_idx.numel() if local_target is None else int((local_target >= 0).sum())
+    r = max(0, min(r, allowed))
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
-        scores = _take(metric, src_idx) @ _take(metric, dst_idx).transpose(-1, -2)  # (B, Na, Nb)
-        best, target = scores.max(dim=-1)  # (B, Na)
+        src, dst = _take(metric, src_idx), _take(metric, dst_idx)  # (B, Na, C), (B, Nb, C)
+        if local_target is None:
+            best, target = (src @ dst.transpose(-1, -2)).max(dim=-1)  # (B, Na)
+        else:
+            target = local_target.clamp_min(0).expand(batch, -1)  # (B, Na)
+            best = (src * dst.index_select(1, target[0])).sum(-1)  # (B, Na)
+            best = best.masked_fill(local_target < 0, float("-inf"))
         order = best.argsort(dim=-1, descending=True, stable=True)
         merged, unm = order[:, :r], order[:, r:]
         target = target.gather(1, merged)
@@ -157,9 +189,21 @@ def random2d_partition(
     grid[: cells_y * sy, : cells_x * sx] = is_dst
     flat = grid.flatten()
     dst = flat.nonzero().squeeze(1)
+    dst = dst[_cell_of(dst, w, sy, sx).argsort()]  # one per cell, in the cells' row-major order
     src = (~flat).nonzero().squeeze(1)
     keep = torch.empty(0, dtype=torch.long)
     return keep.to(device), src.to(device), dst.to(device)
+
+
+def _cell_of(positions: Tensor, w: int, sy: int, sx: int) -> Tensor:
+    """Row-major cell index of flat grid positions (cells of sy×sx, w // sx of them per row)."""
+    return (positions // w // sy) * (w // sx) + (positions % w) // sx
+
+
+def _own_cell_destination(src: Tensor, h: int, w: int, sy: int, sx: int) -> Tensor:
+    """For each candidate position, the index of its own cell's destination, or -1 outside whole cells."""
+    inside = (src // w < (h // sy) * sy) & (src % w < (w // sx) * sx)
+    return torch.where(inside, _cell_of(src, w, sy, sx), -1)
 
 
 def bipartite_soft_matching(metric: Tensor, r: int, protected: int = 0) -> MergePlan:
@@ -185,6 +229,7 @@ def bipartite_soft_matching_random2d(
     sy: int,
     r: int,
     generator: torch.Generator | None = None,
+    local: bool = False,
 ) -> MergePlan:
     """ToMe-for-SD matching for an h×w grid of spatial tokens: destinations are one token per sy×sx cell.
 
@@ -194,12 +239,16 @@ def bipartite_soft_matching_random2d(
         sx, sy: destination strides.
         r: tokens to remove (clamped to the number of candidates).
         generator: draws the destination inside each cell; ``None`` takes the cell's first token.
+        local: each candidate may only join its own cell's destination: O(N·C) matching instead of
+            all-pairs O(N²·C), at the cost of never merging across cells. Tokens outside whole cells
+            (sizes that are not multiples of the strides) then stay unmerged, and ``r`` is clamped to
+            the candidates inside cells.
 
     Returns:
         A :class:`MergePlan` for sequences of length h*w.
     """
     keep, src, dst = random2d_partition(h, w, sy, sx, generator, metric.device)
-    return _match(metric, keep, src, dst, r)
+    return _match(metric, keep, src, dst, r, _own_cell_destination(src, h, w, sy, sx) if local else None)
 
 
 def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,394 @@
+"""Speed of token merging vs merge ratio and patch options, against the unpatched baseline.
+
+Two kinds of measurement, each a function of its own:
+
+* ``sd15`` / ``sdxl``: one U-Net forward (batch 2 by default: classifier-free guidance's two halves) of the
+  full-size Stable Diffusion 1.5 / XL architecture, built from its config with random weights (speed does
+  not depend on the weights, so nothing is downloaded);
+* ``pipeline``: whole text-to-image generations of a real pipeline (``--model``, the embedded demo model by
+  default), with the difference of each image from the unmerged one (PSNR, SSIM).
+
+Every setting is timed in the same process, interleaved with the baseline (ratio 0, unpatched), and
+summarised by the median of ``--repeats`` runs. Results: ``benchmark.md`` (Markdown table with the
+machine and settings), ``benchmark.json`` and ``benchmark.png`` (speedup vs ratio) in ``--out``.
+
+Example::
+
+    python scripts/benchmark.py --arch sd15 --resolution 512 --ratios 0 0.3 0.5 0.7 --out samples/benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import tomesd
+from tomesd.compare import GenerationSettings, check_ratio, patch_option_defaults, set_ratio
+from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
+from tomesd.timing import execution_device, time_interleaved, timed_pipeline_call
+
+# Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): 859,520,964 parameters.
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+# Stable Diffusion XL base 1.0's U-Net (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json):
+# 2,567,463,684 parameters. No attention at the first (highest-resolution) level.
+SDXL_UNET: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+}
+UNET_CONFIGS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}
+TOMESD013_PYTHON = Path(__file__).resolve().parents[1] / ".venv-tomesd013" / "bin" / "python"
+TEXT_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One measured setting: a merge ratio with patch options (ratio 0 is the unpatched baseline)."""
+
+    ratio: float
+    options: dict[str, Any] = field(default_factory=dict)
+    variant: str = "default"
+
+    @property
+    def name(self) -> str:
+        """Unique label, e.g. ``"ratio 0.5 (mlp)"``."""
+        return f"ratio {self.ratio:g}" + ("" if self.variant == "default" else f" ({self.variant})")
+
+
+@dataclass
+class Row:
+    """One line of the results."""
+
+    arch: str
+    variant: str
+    ratio: float
+    median_s: float
+    speedup: float
+    repeats: int
+    psnr: float | None = None
+    ssim: float | None = None
+
+
+# ---------------------------------------------------------------- settings
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``"label:key=value,key=value"`` -> (label, options), values typed like the option's default.
+
+    Raises:
+        ValueError: unknown option, or a value that does not parse.
+    """
+    label, _, assignments = text.partition(":")
+    defaults = patch_option_defaults()
+    options: dict[str, Any] = {}
+    for assignment in filter(None, assignments.split(",")):
+        key, _, value = assignment.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"variant {text!r}: unknown patch option {key!r}; accepted: {', '.join(defaults)}")
+        options[key] = _typed(value.strip(), defaults[key], key)
+    return label.strip() or "default", options
+
+
+def _typed(value: str, default: Any, key: str) -> Any:
+    """Parse ``value`` as the type of ``default``."""
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"option {key}: expected true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    try:
+        return type(default)(value) if default is not None else value
+    except ValueError:
+        raise ValueError(f"option {key}: expected a {type(default).__name__}, got {value!r}") from None
+
+
+def make_settings(ratios: list[float], variants: list[tuple[str, dict[str, Any]]]) -> list[Setting]:
+    """The baseline (ratio 0) once, then every non-zero ratio with every variant's options."""
+    settings = [Setting(0.0)]
+    for label, options in variants:
+        settings += [Setting(ratio, options, label) for ratio in sorted(set(ratios)) if ratio > 0]
+    return settings
+
+
+# ---------------------------------------------------------------- U-Net forward (full-size architectures)
+
+def build_unet(arch: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> Any:
+    """The full-size U-Net of ``arch`` ("sd15" or "sdxl") with seeded random weights, in eval mode."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**UNET_CONFIGS[arch]).to(device=device, dtype=dtype).eval()
+
+
+def unet_inputs(unet: Any, batch: int, resolution: int, seed: int = 0) -> dict[str, Any]:
+    """Random U-Net inputs for ``resolution`` pixels (latents at 1/8), incl. SD XL's extra conditioning."""
+    config = unet.config
+    g = torch.Generator().manual_seed(seed)
+    kwargs = {"dtype": unet.dtype}
+    inputs = {
+        "sample": torch.randn(batch, config.in_channels, resolution // 8, resolution // 8, generator=g),  # (B, 4, h, w)
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(batch, TEXT_TOKENS, config.cross_attention_dim, generator=g),  # (B, 77, C)
+    }
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=g).to(**kwargs),  # (B, 1280)
+            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch).to(**kwargs),
+        }
+    for key in ("sample", "encoder_hidden_states"):
+        inputs[key] = inputs[key].to(device=unet.device, **kwargs)
+    return inputs
+
+
+def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, resolution: int, repeats: int,
+                 warmup: int) -> list[Row]:
+    """Median seconds of one U-Net forward per setting, interleaved; speedup against ratio 0."""
+    inputs = unet_inputs(unet, batch, resolution)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            unet(**inputs)
+
+    timings = time_interleaved(
+        {s.name: forward for s in settings}, repeats, warmup, unet.device, progress=True,
+        prepare={s.name: (lambda s=s: set_ratio(unet, s.ratio, s.options)) for s in settings},
+    )
+    tomesd.remove_patch(unet)
+    base = timings[settings[0].name]
+    return [Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats)
+            for s in settings]
+
+
+def measure_tomesd013(arch: str, python: Path, ratios: list[float], batch: int, resolution: int, repeats: int,
+                      threads: int) -> list[Row]:
+    """The same U-Net forward patched by the original tomesd 0.1.3, timed in its own environment
+    (``scripts/setup_tomesd013.sh``; both packages import as ``tomesd``) by ``unet_speed_worker.py``,
+    interleaved with its own unpatched baseline."""
+    spec = {
+        "config": UNET_CONFIGS[arch], "latent": resolution // 8, "batch": batch, "threads": threads,
+        "repeats": repeats, "settings": [{"label": f"{r:g}", "options": {"ratio": r}} for r in ratios if r > 0],
+    }
+    worker = Path(__file__).with_name("unet_speed_worker.py")
+    done = subprocess.run([str(python), str(worker)], input=json.dumps(spec), stdout=subprocess.PIPE, text=True,
+                          check=True)
+    result = json.loads(done.stdout)
+    label = f"tomesd {result['tomesd']}"
+    base = statistics.median(result["baseline_s"])
+    rows = [Row(arch, label, 0.0, base, 1.0, repeats)]
+    for setting in result["settings"]:
+        rows.append(Row(arch, label, float(setting["label"]), statistics.median(setting["times_s"]),
+                        setting["speedup"], repeats))
+    return rows
+
+
+# ---------------------------------------------------------------- whole pipeline (demo or user model)
+
+def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings, seed: int, repeats: int,
+                     warmup: int, arch: str) -> list[Row]:
+    """Median seconds of whole generations per setting, interleaved, with PSNR/SSIM of each setting's image
+    against the ratio-0 image (same prompt and seed)."""
+    from tomesd.quality import psnr, ssim
+
+    images: dict[str, Any] = {}
+
+    def generation(name: str):
+        def run() -> None:
+            output, _ = timed_pipeline_call(
+                pipe, prompt=gen.prompt, negative_prompt=gen.negative_prompt or None,
+                num_inference_steps=gen.steps, guidance_scale=gen.guidance, width=gen.width, height=gen.height,
+                generator=torch.Generator("cpu").manual_seed(seed),
+            )
+            images[name] = output.images[0]
+        return run
+
+    timings = time_interleaved(
+        {s.name: generation(s.name) for s in settings}, repeats, warmup, execution_device(pipe), progress=True,
+        prepare={s.name: (lambda s=s: set_ratio(pipe, s.ratio, s.options)) for s in settings},
+    )
+    tomesd.remove_patch(pipe)
+    base_name = settings[0].name
+    base = timings[base_name]
+    return [
+        Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
+            float(psnr(images[base_name], images[s.name])), float(ssim(images[base_name], images[s.name])))
+        for s in settings
+    ]
+
+
+# ---------------------------------------------------------------- outputs
+
+def machine_description(args: argparse.Namespace) -> str:
+    """What the numbers depend on: hardware, threads, libraries, settings."""
+    import diffusers
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"device {args.device} ({device}), torch {torch.__version__} with {torch.get_num_threads()} CPU thread(s), "
+        f"diffusers {diffusers.__version__}, tomesd {tomesd.__version__}, dtype {args.dtype}, "
+        f"resolution {args.resolution}x{args.resolution}, median of {args.repeats} interleaved run(s) after "
+        f"{args.warmup} warm-up round(s); machine load average at the end (1, 5, 15 min): {load}"
+    )
+
+
+def markdown_table(rows: list[Row], description: str, unit: str) -> str:
+    """The results as Markdown: a context line and one row per setting."""
+    with_quality = any(r.psnr is not None for r in rows)
+    header = f"| arch | variant | ratio | median {unit} (s) | speedup |" + (" PSNR (dB) | SSIM |" if with_quality else "")
+    lines = [description, "", header, "|" + " --- |" * (header.count("|") - 1)]
+    for r in rows:
+        line = f"| {r.arch} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x |"
+        if with_quality:
+            psnr = "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}"
+            line += f" {psnr} | {r.ssim:.4f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedup(rows: list[Row], path: Path, title: str) -> None:
+    """A PNG of speedup vs ratio, one line per (arch, variant), the baseline drawn at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4), layout="constrained")
+    axes = figure.add_subplot()
+    baselines = {r.arch: r for r in rows if r.ratio == 0}
+    for arch, variant in dict.fromkeys((r.arch, r.variant) for r in rows if r.ratio > 0):
+        points = [baselines[arch]] + [r for r in rows if (r.arch, r.variant) == (arch, variant) and r.ratio > 0]
+        axes.plot([p.ratio for p in points], [p.speedup for p in points], marker="o", label=f"{arch} {variant}")
+    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xlabel("merge ratio")
+    axes.set_ylabel("speedup vs unpatched (x)")
+    axes.set_title(title, fontsize=9)
+    axes.legend()
+    figure.savefig(path, dpi=120)
+
+
+def write_results(rows: list[Row], out: Path, description: str, unit: str) -> str:
+    """benchmark.md, benchmark.json and benchmark.png in ``out``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows, description, unit)
+    (out / "benchmark.md").write_text(table)
+    (out / "benchmark.json").write_text(json.dumps({"description": description, "rows": [asdict(r) for r in rows]},
+                                                   indent=2))
+    plot_speedup(rows, out / "benchmark.png", f"{unit}: {', '.join(sorted({r.arch for r in rows}))}")
+    return table
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["sd15"], choices=[*UNET_CONFIGS, "pipeline"],
+                        help="sd15/sdxl: full-size U-Net forward; pipeline: whole generations of --model")
+    parser.add_argument("--model", default=DEMO, help="for --arch pipeline: 'demo' (default), a folder, a "
+                        ".safetensors file or a model id")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                        help="patch options to compare, e.g. 'mlp:merge_mlp=true' (repeatable; default: the "
+                             "patcher's defaults)")
+    parser.add_argument("--resolution", type=int, help="pixels (default: 512 for sd15, 1024 for sdxl, the "
+                        "model's usual for pipeline)")
+    parser.add_argument("--batch", type=int, default=2, help="U-Net batch (default 2: guidance's two halves)")
+    parser.add_argument("--steps", type=int, help="pipeline steps (default: the model's usual)")
+    parser.add_argument("--prompt", help="pipeline prompt (default: the model's first example)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path("benchmark"))
+    parser.add_argument("--compare-013", type=Path, metavar="PYTHON", nargs="?", const=TOMESD013_PYTHON,
+                        help="also time tomesd 0.1.3 on the same U-Nets with this interpreter (default "
+                             f"{TOMESD013_PYTHON}, made by scripts/setup_tomesd013.sh)")
+    return parser
+
+
+def run_arch(arch: str, args: argparse.Namespace, settings: list[Setting]) -> tuple[list[Row], str]:
+    """Measure one architecture; returns its rows and the measured unit."""
+    if arch == "pipeline":
+        defaults = default_settings(args.model)
+        args.resolution = args.resolution or defaults["size"]
+        gen = GenerationSettings(args.prompt or defaults["prompts"][0], "", args.steps or defaults["steps"],
+                                 defaults["guidance"], args.resolution, args.resolution)
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+        label = "demo" if args.model == DEMO else Path(args.model).name
+        return measure_pipeline(pipe, settings, gen, args.seed, args.repeats, args.warmup, label), "generation"
+    args.resolution = args.resolution or (1024 if arch == "sdxl" else 512)
+    unet = build_unet(arch, parse_dtype(args.dtype), args.device)
+    rows = measure_unet(arch, unet, settings, args.batch, args.resolution, args.repeats, args.warmup)
+    if args.compare_013:
+        del unet  # free its memory before the other process builds its own
+        ratios = sorted({s.ratio for s in settings})
+        rows += measure_tomesd013(arch, args.compare_013, ratios, args.batch, args.resolution, args.repeats,
+                                  torch.get_num_threads())
+    return rows, f"U-Net forward, batch {args.batch}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the Markdown table and write the results."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        variants = [parse_variant(v) for v in args.variant] or [("default", {})]
+        ratios = [check_ratio(ratio) for ratio in args.ratios]
+        if args.repeats < 1 or args.warmup < 0:
+            raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+        if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
+            raise ValueError(f"--resolution {args.resolution} must be a positive multiple of 8")
+    except ValueError as error:
+        parser.error(str(error))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = make_settings(ratios, variants)
+    rows: list[Row] = []
+    units = []
+    for arch in args.arch:
+        arch_rows, unit = run_arch(arch, args, settings)
+        rows += arch_rows
+        units.append(unit)
+    table = write_results(rows, args.out, machine_description(args) + f"; measured: {', '.join(dict.fromkeys(units))}",
+                          " / ".join(dict.fromkeys(units)))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Shared fixtures for the app and script tests: the toy pipelines of ``tiny.py`` saved to disk, as a
+user's local model folders (random weights: these tests exercise loading, patching, timing and logging,
+not image quality)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_SIZE = 32  # pixels: the toy U-Net's 16x16 latents through the toy VAE (x2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy SD 1.x pipeline saved in diffusers format (safetensors)."""
+    import tiny
+
+    root = tmp_path_factory.mktemp("models")
+    path = root / "tiny-sd"
+    tiny.sd_pipeline(root / "tokenizer").save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,0 +1,92 @@
+"""scripts/benchmark.py: the full-size configs, settings, U-Net and pipeline measurements, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tomesd
+from scripts import benchmark as bench
+
+
+@pytest.mark.parametrize("arch, parameters", [("sd15", 859_520_964), ("sdxl", 2_567_463_684)])
+def test_full_size_configs_have_the_published_parameter_counts(arch, parameters):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**bench.UNET_CONFIGS[arch])
+    assert sum(p.numel() for p in unet.parameters()) == parameters
+
+
+def test_variants_are_typed_like_the_options():
+    assert bench.parse_variant("mlp:merge_mlp=true,max_downsample=2") == ("mlp", {"merge_mlp": True, "max_downsample": 2})
+    assert bench.parse_variant("plain:") == ("plain", {})
+    with pytest.raises(ValueError, match="unknown patch option 'speed'"):
+        bench.parse_variant("x:speed=1")
+    with pytest.raises(ValueError, match="expected true or false"):
+        bench.parse_variant("x:merge_mlp=maybe")
+    with pytest.raises(ValueError, match="expected a int"):
+        bench.parse_variant("x:sx=two")
+
+
+def test_settings_have_one_baseline_then_every_variant_at_every_ratio():
+    settings = bench.make_settings([0.5, 0.0, 0.3], [("default", {}), ("mlp", {"merge_mlp": True})])
+    assert [(s.ratio, s.variant) for s in settings] == [
+        (0.0, "default"), (0.3, "default"), (0.5, "default"), (0.3, "mlp"), (0.5, "mlp")]
+    assert len({s.name for s in settings}) == len(settings)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sdxl"])
+def test_unet_measurement_on_a_toy_unet(kind):
+    import tiny
+
+    unet = tiny.unet(kind)
+    settings = bench.make_settings([0.5], [("default", {"max_downsample": 2} if kind == "sdxl" else {})])
+    rows = bench.measure_unet(kind, unet, settings, batch=1, resolution=64, repeats=2, warmup=0)
+    assert [r.ratio for r in rows] == [0.0, 0.5]
+    assert rows[0].speedup == 1.0 and all(r.median_s > 0 and r.repeats == 2 for r in rows)
+    assert rows[1].speedup == pytest.approx(rows[0].median_s / rows[1].median_s)
+    assert not tomesd.is_patched(unet)
+
+
+def test_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--arch", "pipeline", "--model", str(tiny_pipeline_dir), "--steps", "1", "--resolution", "32",
+                       "--ratios", "0", "0.5", "--repeats", "1", "--warmup", "0", "--out", str(out)]) == 0
+    table = (out / "benchmark.md").read_text()
+    assert table in capsys.readouterr().out
+    assert "| tiny-sd | default | 0 |" in table and "| 1.00x | inf | 1.0000 |" in table
+    assert "| tiny-sd | default | 0.5 |" in table and "resolution 32x32" in table
+    rows = json.loads((out / "benchmark.json").read_text())["rows"]
+    assert [r["ratio"] for r in rows] == [0.0, 0.5] and rows[1]["psnr"] < float("inf")
+    assert (out / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ratios", "0", "1"], "ratio 1 is out of range"),
+        (["--resolution", "500"], "multiple of 8"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--variant", "x:nope=1"], "unknown patch option"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tomesd013_comparison_runs_the_worker_with_the_given_interpreter(monkeypatch):
+    import sys
+
+    from test_unet_speed_worker import TINY
+
+    # this environment's tomesd stands in for 0.1.3: the same worker, another interpreter path
+    monkeypatch.setitem(bench.UNET_CONFIGS, "toy", TINY)
+    rows = bench.measure_tomesd013("toy", sys.executable, [0.0, 0.5], batch=1, resolution=128, repeats=1, threads=1)
+    assert [r.ratio for r in rows] == [0.0, 0.5]
+    assert rows[0].variant == f"tomesd {tomesd.__version__}" and rows[0].speedup == 1.0
+    assert rows[1].median_s > 0 and rows[1].speedup > 0

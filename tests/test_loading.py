@@ -1,0 +1,115 @@
+"""tomesd.loading on toy pipelines written to tmp_path: folders, single files, refusals, dtype names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tomesd.loading import default_settings, load_pipeline, parse_dtype
+
+
+def test_loads_a_diffusers_folder_on_the_device_and_dtype(tiny_pipeline_dir):
+    pipe = load_pipeline(tiny_pipeline_dir, device="cpu", dtype="bfloat16")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.unet.device.type == "cpu"
+    assert pipe._progress_bar_config == {"disable": True}
+
+
+def test_a_folder_without_safetensors_weights_is_refused(tmp_path):
+    import tiny
+
+    folder = tmp_path / "pickled"
+    tiny.sd_pipeline(tmp_path / "tok").save_pretrained(folder, safe_serialization=True)
+    for weights in folder.glob("*/*.safetensors"):
+        torch.save({}, weights.with_suffix(".bin"))
+        weights.unlink()
+    with pytest.raises((OSError, ValueError)):
+        load_pipeline(folder)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "not found"),
+        (lambda p: p, "no model_index.json"),
+        (lambda p: (p / "model.ckpt").write_bytes(b"x") and p / "model.ckpt", "not a .safetensors file"),
+        (lambda p: "not a model id", "not found"),
+    ],
+    ids=["missing-path", "folder-without-pipeline", "pickle-checkpoint", "bad-id"],
+)
+def test_bad_sources_raise_a_clear_value_error(tmp_path, make, message):
+    with pytest.raises(ValueError, match=message):
+        load_pipeline(make(tmp_path))
+
+
+def test_config_only_applies_to_single_files(tiny_pipeline_dir):
+    with pytest.raises(ValueError, match="only applies to a single .safetensors"):
+        load_pipeline(tiny_pipeline_dir, config=tiny_pipeline_dir)
+
+
+def test_loads_a_single_safetensors_checkpoint_in_the_original_layout(tiny_pipeline_dir, tmp_path):
+    import ldm_checkpoint
+
+    folder_pipe = load_pipeline(tiny_pipeline_dir)
+    path = tmp_path / "community-model.safetensors"
+    save_file(ldm_checkpoint.ldm_state_dict(folder_pipe), str(path))
+    pipe = load_pipeline(path, config=tiny_pipeline_dir)  # offline: configs from the folder, weights from the file
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    for name in ("unet", "vae", "text_encoder"):
+        expected, loaded = getattr(folder_pipe, name).state_dict(), getattr(pipe, name).state_dict()
+        assert expected.keys() == loaded.keys()
+        assert all(torch.equal(expected[k], loaded[k].reshape(expected[k].shape)) for k in expected), name
+
+
+@pytest.mark.parametrize("xl", [False, True])
+def test_single_file_architecture_is_recognised_from_its_keys(tmp_path, xl):
+    from tomesd.loading import _single_file_pipeline_class
+
+    key = "conditioner.embedders.1.model.ln_final.weight" if xl else "cond_stage_model.transformer.x.weight"
+    path = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(1), "model.diffusion_model.out.0.weight": torch.zeros(1)}, str(path))
+    assert _single_file_pipeline_class(path).__name__ == ("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline")
+
+
+def test_parse_dtype():
+    assert parse_dtype("float16") is torch.float16
+    assert parse_dtype(torch.bfloat16) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        parse_dtype("fp8")
+
+
+def test_user_models_get_usual_sd_defaults(tiny_pipeline_dir):
+    defaults = default_settings(tiny_pipeline_dir)
+    assert (defaults["size"], defaults["steps"], defaults["guidance"]) == (512, 25, 7.5)
+    assert defaults["prompts"] and json.dumps(defaults)
+
+
+def test_demo_defaults_come_from_the_demo_model():
+    demo = pytest.importorskip("tomesd.demo", reason="the demo model has not landed on this branch yet")
+    defaults = default_settings("demo")
+    assert defaults["size"] == demo.DEFAULT_SIZE and defaults["prompts"] == list(demo.EXAMPLE_PROMPTS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"offload": "model"}, "offload='model' needs a GPU device, not 'cpu'"),
+        ({"offload": "sequential"}, "needs a GPU"),
+        ({"attention": "xformers"}, "attention='xformers' needs a GPU"),
+        ({"offload": "disk"}, "unknown offload 'disk'"),
+        ({"attention": "flash"}, "unknown attention 'flash'"),
+    ],
+)
+def test_impossible_placements_are_refused_before_loading(tiny_pipeline_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_pipeline(tiny_pipeline_dir, device="cpu", **kwargs)
+
+
+def test_classic_attention_replaces_the_unets_processors(tiny_pipeline_dir):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = load_pipeline(tiny_pipeline_dir, attention="classic")
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor}

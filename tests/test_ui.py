@@ -1,0 +1,185 @@
+"""The A/B app: its comparison logic directly, and the real page in Debian's Chromium driven by Playwright
+(headless; the app runs in a subprocess on a toy pipeline folder)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tomesd
+from tomesd.compare import GenerationSettings
+from ui.comparison import compare_ratios, parse_ratios, results_table, speed_chart
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
+# ---------------------------------------------------------------- comparison logic
+
+def test_ratios_are_sorted_deduplicated_with_the_baseline_first():
+    assert parse_ratios(["0.5", 0.3, 0.5]) == [0.0, 0.3, 0.5]
+    for bad, message in [(1.0, "out of range"), (-0.1, "out of range"), ("half", "not a number")]:
+        with pytest.raises(ValueError, match=message):
+            parse_ratios([bad])
+
+
+def test_compare_ratios_times_every_ratio_and_measures_differences(tmp_path):
+    import tiny
+
+    pipe = tiny.sd_pipeline(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    stages = []
+    results = compare_ratios(pipe, GenerationSettings("a cat", steps=2, width=32, height=32), seed=1,
+                             ratios=[0.5], repeats=2, on_step=lambda stage, step, total: stages.append(stage))
+    assert not tomesd.is_patched(pipe)
+    assert [r.ratio for r in results] == [0.0, 0.5]
+    base, merged = results
+    assert base.speedup == 1.0 and base.psnr == math.inf and base.ssim == pytest.approx(1.0)
+    assert not np.asarray(base.diff_map).any()
+    assert merged.psnr < math.inf and np.asarray(merged.diff_map).any()
+    assert merged.speedup == pytest.approx(base.seconds / merged.seconds)
+    assert stages[:2] == ["warm-up, ratio 0"] * 1 + ["warm-up, ratio 0.5"]  # one step each
+    assert stages.count("ratio 0.5, run 2/2") == 2
+    table = results_table(results)
+    assert "| 0 |" in table and "| 0.5 |" in table and "1.00x" in table and "| inf |" in table
+    assert "ratio 0.5" in merged.caption and "it/s" in merged.caption
+    assert len(speed_chart(results).axes[0].patches) == 2
+
+
+# ---------------------------------------------------------------- the page, in a browser
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class App:
+    url: str
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def app(tiny_pipeline_dir):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "ui", "--model", str(tiny_pipeline_dir), "--port", str(port)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.5)
+    yield App(url, process)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need Debian's Chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, app):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app.url)
+    page.wait_for_selector("#run")
+    yield page
+    page.close()
+
+
+def _set(page, elem_id: str, value: str) -> None:
+    page.fill(f"#{elem_id} input, #{elem_id} textarea", value)
+
+
+def _tiny_settings(page, steps: int = 2) -> None:
+    _set(page, "steps", str(steps))
+    _set(page, "width", "32")
+    _set(page, "height", "32")
+
+
+def _status(page, text: str, timeout: float = 180_000) -> str:
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})", timeout=timeout)
+    return page.inner_text("#status")
+
+
+def test_the_app_listens_on_localhost_only(app):
+    import psutil
+
+    port = int(app.url.rsplit(":", 1)[1])
+    listening = [c.laddr.ip for c in psutil.Process(app.process.pid).net_connections() if c.status == "LISTEN"
+                 and c.laddr.port == port]
+    assert listening == ["127.0.0.1"]
+
+
+def test_a_comparison_shows_images_numbers_and_chart(page, tmp_path):
+    _tiny_settings(page)
+    page.click("#run")
+    _status(page, "Done")
+    assert page.locator("#gallery img").count() == 4  # ratios 0, 0.3, 0.5, 0.7
+    assert page.locator("#diffs img").count() == 4
+    rows = page.locator("#table tbody tr").all_inner_texts()
+    assert [row.split("\t")[0] for row in rows] == ["0", "0.3", "0.5", "0.7"]
+    assert "1.00x" in rows[0] and "inf" in rows[0]
+    for row in rows:
+        seconds, its = (float(cell) for cell in row.split("\t")[1:3])
+        assert seconds > 0 and its > 0
+    assert page.locator("#chart img, #chart svg, #chart canvas").count() >= 1
+    page.screenshot(path=tmp_path / "app.png", full_page=True)
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("width", "30", "width=30 must be a positive multiple of 8"),
+        ("prompt", "   ", "the prompt is empty"),
+        ("steps", "0", "steps=0 is out of range"),
+        ("model", "/no/such/model", "model '/no/such/model' not found"),
+    ],
+)
+def test_bad_input_is_reported_in_the_page_and_the_app_keeps_working(page, field, value, message):
+    _tiny_settings(page, steps=1)
+    _set(page, field, value)
+    page.click("#run")
+    assert "Error" in _status(page, message)
+    assert page.locator("#gallery img").count() == 0
+
+
+@pytest.mark.slow
+def test_a_long_comparison_can_be_cancelled_and_the_next_one_runs(page, tiny_pipeline_dir):
+    _tiny_settings(page, steps=400)
+    page.click("#run")
+    page.wait_for_selector(".progress-text, .progress-level", timeout=120_000)
+    page.click("#stop")
+    _status(page, "Cancel")
+    time.sleep(1)  # the running step finishes, then the comparison stops
+    _tiny_settings(page, steps=1)
+    page.click("#run")
+    assert "Done" in _status(page, "Done")

@@ -1,0 +1,132 @@
+"""Tiny, seeded diffusers models and pipelines built offline from configs, for tests.
+
+Shapes follow the real architectures at toy width: attention at the first level like SD 1.x/2.x,
+no attention at the first level like SDXL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+TEXT_DIM = 32
+
+
+def unet(kind: str = "sd1", in_channels: int = 4, seed: int = 0) -> UNet2DConditionModel:
+    """A toy U-Net: ``sd1`` (attention at levels 1 and 2), ``sd2`` (linear projections, per-level head
+    dims), or ``sdxl`` (no attention at level 1, two transformer layers at level 2, text-time embeddings)."""
+    torch.manual_seed(seed)
+    common = dict(sample_size=16, in_channels=in_channels, out_channels=4, layers_per_block=1, norm_num_groups=8)
+    if kind == "sdxl":
+        return UNet2DConditionModel(
+            **common,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            cross_attention_dim=2 * TEXT_DIM,
+            attention_head_dim=(4, 8),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM,
+        ).eval()
+    return UNet2DConditionModel(
+        **common,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=(4, 8) if kind == "sd2" else 8,
+        use_linear_projection=kind == "sd2",
+    ).eval()
+
+
+def controlnet(unet_model: UNet2DConditionModel, seed: int = 1) -> ControlNetModel:
+    torch.manual_seed(seed)
+    return ControlNetModel.from_unet(unet_model, conditioning_embedding_out_channels=(8, 16)).eval()
+
+
+def vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    ).eval()
+
+
+def text_encoder(projection: bool = False, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=600, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=TEXT_DIM, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return model_class(config).eval()
+
+
+def tokenizer(folder: Path) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over single bytes (no merges), written to ``folder`` and loaded from it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = [chr(c) for c in range(33, 127)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in symbols + [s + "</w>" for s in symbols]:
+        vocab[symbol] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def scheduler() -> DDIMScheduler:
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
+
+
+def sd_pipeline(folder: Path, kind: str = "sd1", pipeline_class: type = StableDiffusionPipeline, in_channels: int = 4):
+    """A toy SD 1.x/2.x pipeline of ``pipeline_class`` (txt2img, img2img, inpaint)."""
+    return pipeline_class(
+        vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer(folder), unet=unet(kind, in_channels),
+        scheduler=scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def sdxl_pipeline(folder: Path) -> StableDiffusionXLPipeline:
+    return StableDiffusionXLPipeline(
+        vae=vae(), text_encoder=text_encoder(), text_encoder_2=text_encoder(projection=True, seed=1),
+        tokenizer=tokenizer(folder), tokenizer_2=tokenizer(folder / "2"), unet=unet("sdxl"), scheduler=scheduler(),
+    )
+
+
+def controlnet_pipeline(folder: Path) -> StableDiffusionControlNetPipeline:
+    base = unet("sd1")
+    return StableDiffusionControlNetPipeline(
+        vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer(folder), unet=base, controlnet=controlnet(base),
+        scheduler=scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+PIPELINES = {
+    "sd1": lambda folder: sd_pipeline(folder, "sd1"),
+    "sd2": lambda folder: sd_pipeline(folder, "sd2"),
+    "img2img": lambda folder: sd_pipeline(folder, "sd1", StableDiffusionImg2ImgPipeline),
+    "inpaint": lambda folder: sd_pipeline(folder, "sd1", StableDiffusionInpaintPipeline, in_channels=9),
+    "sdxl": sdxl_pipeline,
+    "controlnet": controlnet_pipeline,
+}

@@ -1,0 +1,178 @@
+"""Loading the diffusion pipelines the app and the scripts work on, safely and in one place.
+
+A *model source* is one of:
+
+* ``"demo"`` (or ``None``): the embedded demo model, works offline (:func:`tomesd.demo.load_pipeline`);
+* a local folder in diffusers format (``model_index.json`` inside), e.g. written by ``save_pretrained``;
+* a single ``.safetensors`` checkpoint in the original Stable Diffusion layout (SD 1.x/2.x/XL);
+* a Hugging Face model id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs the hub or its cache).
+
+Weights are read from safetensors only (no pickle), and remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ATTENTION", "DEMO", "DTYPES", "OFFLOAD", "default_settings", "load_pipeline", "parse_dtype"]
+
+DEMO = "demo"
+# How the pipeline's weights are placed: all on ``device``, or kept on the CPU and moved to the GPU per model
+# (diffusers' enable_model_cpu_offload) or per layer (enable_sequential_cpu_offload: least memory, slowest).
+OFFLOAD = ("none", "model", "sequential")
+# Attention implementation of the U-Net's attention layers: PyTorch's fused scaled_dot_product_attention
+# (diffusers' default), the explicit softmax(QK^T)V ("classic", diffusers' AttnProcessor) or xFormers (GPU).
+ATTENTION = ("sdpa", "classic", "xformers")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_MODEL_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# Usual Stable Diffusion settings for user models; the demo model brings its own.
+USER_MODEL_DEFAULTS = {"size": 512, "steps": 25, "guidance": 7.5, "prompts": ["a photo of an astronaut riding a horse"]}
+# A key only SD XL checkpoints have: its second text encoder (OpenCLIP ViT-bigG).
+_SDXL_KEY_PREFIX = "conditioner.embedders.1."
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """The torch dtype named ``name`` ("float32", "float16", "bfloat16"), or ``name`` itself if a dtype.
+
+    Raises:
+        ValueError: the name is not one of those.
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; accepted: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def default_settings(source: str | Path | None = DEMO) -> dict[str, Any]:
+    """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own, or usual
+    SD 1.x values for any other model.
+
+    Returns:
+        A dict with keys ``size`` (int, pixels), ``steps`` (int), ``guidance`` (float), ``prompts`` (list).
+    """
+    if source is not None and str(source).strip() not in ("", DEMO):
+        return dict(USER_MODEL_DEFAULTS)
+    from tomesd import demo
+
+    return {
+        "size": demo.DEFAULT_SIZE,
+        "steps": demo.DEFAULT_STEPS,
+        "guidance": demo.DEFAULT_GUIDANCE,
+        "prompts": list(demo.EXAMPLE_PROMPTS),
+    }
+
+
+def load_pipeline(
+    source: str | Path | None = DEMO,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+    config: str | Path | None = None,
+    offload: str = "none",
+    attention: str = "sdpa",
+) -> Any:
+    """Load a Stable Diffusion pipeline (SD 1.x/2.x/XL) from ``source`` and move it to ``device``.
+
+    Args:
+        source: ``"demo"``/``None``, a diffusers folder, a ``.safetensors`` checkpoint or a hub model id
+            (see the module docstring).
+        device: where the pipeline runs, e.g. ``"cpu"`` or ``"cuda:0"``.
+        dtype: weights and activations dtype, a ``torch.dtype`` or its name.
+        config: for a single-file checkpoint only, a diffusers folder or model id with the matching
+            configs (needed offline: without it diffusers fetches the configs from the hub).
+        offload: one of :data:`OFFLOAD`; ``"model"``/``"sequential"`` need a GPU ``device``.
+        attention: one of :data:`ATTENTION`.
+
+    Returns:
+        The pipeline, with its own progress bar disabled (callers show theirs).
+
+    Raises:
+        ValueError: the source does not exist, is not safetensors, is not a U-Net diffusion pipeline,
+            ``config`` is given for a folder/model id, or ``offload``/``attention`` is unknown or needs a GPU.
+    """
+    dtype = parse_dtype(dtype)
+    _check_placement(torch.device(device), offload, attention)
+    source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
+    if config is not None and (source == DEMO or not source.endswith(".safetensors")):
+        raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
+    if source == DEMO:
+        from tomesd.demo import load_pipeline as load_demo
+
+        pipe = load_demo(device=device, dtype=dtype)
+    else:
+        pipe = _load_user_pipeline(source, dtype, config)
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(f"{source!r} loaded a {type(pipe).__name__}, which has no U-Net to patch")
+    _place(pipe, torch.device(device), offload, attention)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_placement(device: torch.device, offload: str, attention: str) -> None:
+    """Refuse unknown or impossible placement options before anything is loaded."""
+    if offload not in OFFLOAD:
+        raise ValueError(f"unknown offload {offload!r}; accepted: {', '.join(OFFLOAD)}")
+    if attention not in ATTENTION:
+        raise ValueError(f"unknown attention {attention!r}; accepted: {', '.join(ATTENTION)}")
+    if device.type == "cpu" and (offload != "none" or attention == "xformers"):
+        wanted = f"offload={offload!r}" if offload != "none" else "attention='xformers'"
+        raise ValueError(f"{wanted} needs a GPU device, not {str(device)!r}")
+
+
+def _place(pipe: Any, device: torch.device, offload: str, attention: str) -> None:
+    """Choose the attention implementation, then move the weights (or set up offloading) for ``device``."""
+    if attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+    elif attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+
+
+def _load_user_pipeline(source: str, dtype: torch.dtype, config: str | Path | None) -> Any:
+    """A folder, a single safetensors file or a hub id, refusing pickles and remote code."""
+    from diffusers import DiffusionPipeline
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{source!r} is a folder but not a diffusers pipeline (no model_index.json in it)")
+        return DiffusionPipeline.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, local_files_only=True, trust_remote_code=False
+        )
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(
+                f"{source!r} is not a .safetensors file; other checkpoint formats (.ckpt, .bin, .pt) can run "
+                "arbitrary code when loaded and are refused"
+            )
+        pipeline_class = _single_file_pipeline_class(path)
+        kwargs = {} if config is None else {"config": str(config)}
+        return pipeline_class.from_single_file(str(path), dtype=dtype, **kwargs)
+    if source.endswith(".safetensors") or not _MODEL_ID.match(source):
+        raise ValueError(
+            f"model {source!r} not found: expected 'demo', an existing diffusers folder, an existing "
+            ".safetensors file, or a model id like 'owner/name'"
+        )
+    return DiffusionPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+
+
+def _single_file_pipeline_class(path: Path) -> type:
+    """StableDiffusionXLPipeline for an SD XL checkpoint, else StableDiffusionPipeline (SD 1.x/2.x)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as checkpoint:
+        is_xl = any(key.startswith(_SDXL_KEY_PREFIX) for key in checkpoint.keys())
+    return StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline

@@ -1,0 +1,297 @@
+"""ToMe for timm Vision Transformers: merge ``r`` tokens in every block, layer by layer.
+
+Covers timm's ``VisionTransformer`` and its subclasses (ViT, DeiT incl. distilled, DeiT-III with
+LayerScale, register tokens, MAE-style average-pooled heads). The patch never replaces a module or
+copies timm's forward; it changes, per model:
+
+* each ``Block.forward`` (an instance attribute): the same submodules (``norm1, attn, ls1, drop_path1,
+  norm2, mlp, ls2, drop_path2``) run in timm's order, with two additions: ``attn`` gets the
+  proportional-attention bias ``log(size)`` through its ``attn_mask`` argument (so timm keeps its fused
+  SDPA path), and between attention and MLP the ``r`` most similar tokens are merged by size-weighted
+  average (bipartite soft matching on the attention keys averaged over heads);
+* a forward hook on each ``attn.k_norm`` (called by timm on the keys, also when it is an ``Identity``)
+  to read those keys;
+* a forward pre-hook on ``patch_embed`` that starts each forward with unit token sizes;
+* ``model.pool`` (an instance attribute): average pooling and attention pooling weighted by token size.
+
+The class, distillation and register tokens (``model.num_prefix_tokens``) are never merged. Change the
+schedule after patching with :func:`set_r`; read which input patches each output token holds with
+:func:`merge_sources` (``trace_source=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..merge import bipartite_soft_matching, merge_source, merge_wavg
+from .state import PatchState
+
+__all__ = ["OPTIONS", "apply", "merge_sources", "parse_r", "set_r", "supports"]
+
+RSchedule = Union[int, tuple, Sequence[int]]
+
+OPTIONS: dict[str, Any] = {"r": 8, "proportional_attention": True, "trace_source": False}
+
+_INFO_ATTR = "_tomesd_timm"
+_VIT_MODULE = "timm.models.vision_transformer"
+# timm model classes built on rotary position embeddings: claimed here only to refuse them clearly.
+_ROPE_CLASSES = {"Eva"}
+
+
+@dataclass
+class _MergeInfo:
+    """What the patched blocks of one model share during a forward."""
+
+    schedule: list[int]
+    protected: int
+    proportional_attention: bool
+    trace_source: bool
+    options: dict[str, Any]  # the patch's recorded options (PatchState.options), kept in step by set_r
+    size: Tensor | None = None  # (B, N, 1) original tokens held by each current token
+    source: Tensor | None = None  # (B, N, N0) membership of current tokens in the input tokens
+    metric: Tensor | None = None  # (B, N, C) keys of the latest attention, averaged over heads
+
+    def reset(self) -> None:
+        self.size = self.source = self.metric = None
+
+
+def supports(model: Any) -> bool:
+    """Whether ``model`` is a timm ``VisionTransformer`` (or a timm RoPE ViT, refused by :func:`apply`)."""
+    for cls in type(model).__mro__:
+        if cls.__module__ == _VIT_MODULE and cls.__name__ == "VisionTransformer":
+            return True
+    return type(model).__module__.startswith("timm.") and type(model).__name__ in _ROPE_CLASSES
+
+
+def parse_r(r: RSchedule, num_layers: int) -> list[int]:
+    """Turn an ``r`` option into the number of tokens each layer removes.
+
+    Args:
+        r: an ``int`` (the same r in every layer); a ``tuple`` ``(r, inflection)`` with inflection in
+            [-1, 1], a linear schedule averaging r that goes from ``r * (1 - inflection)`` in the first
+            layer to ``r * (1 + inflection)`` in the last (positive: merge more in late layers); or a
+            ``list`` with one int per layer.
+        num_layers: how many blocks the model has.
+
+    Returns:
+        One non-negative int per layer.
+
+    Raises:
+        TypeError: ``r`` is none of the accepted forms.
+        ValueError: a negative r, an inflection outside [-1, 1], or a list of the wrong length.
+    """
+    if isinstance(r, tuple):
+        if len(r) != 2 or not _is_int(r[0]) or isinstance(r[1], bool) or not isinstance(r[1], (int, float)):
+            raise TypeError(f"an r schedule tuple must be (r: int, inflection: float), got {r!r}")
+        base, inflection = r
+        if not -1.0 <= inflection <= 1.0:
+            raise ValueError(f"the inflection of r=({base}, {inflection}) must be in [-1, 1]")
+        _check_non_negative(base)
+        step = 2 * inflection / max(num_layers - 1, 1)
+        schedule = [round(base * (1 - inflection + step * layer)) for layer in range(num_layers)]
+    elif _is_int(r):
+        _check_non_negative(r)
+        schedule = [int(r)] * num_layers
+    elif isinstance(r, list) and all(_is_int(value) for value in r):
+        if len(r) != num_layers:
+            raise ValueError(f"an r list needs one value per layer: got {len(r)} values for {num_layers} layers")
+        for value in r:
+            _check_non_negative(value)
+        schedule = [int(value) for value in r]
+    else:
+        raise TypeError(f"r must be an int, an (r, inflection) tuple or a list of ints per layer, got {r!r}")
+    return schedule
+
+
+def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_attention: bool = True,
+          trace_source: bool = False) -> None:
+    """Patch a timm Vision Transformer with ToMe.
+
+    Args:
+        model: a timm ``VisionTransformer`` (ViT, DeiT, distilled DeiT, DeiT-III, register-token and
+            average-pooled MAE-style models).
+        state: the undo log of this patch.
+        r: tokens merged per block; see :func:`parse_r`. ToMe's DeiT-S/B setting is 13 at 224 px; more
+            is faster and less accurate. Every layer must keep enough tokens: a schedule that would
+            merge more than half of a layer's non-protected tokens raises (never silently clamped).
+        proportional_attention: add ``log(size)`` to the attention logits of merged keys, so a token
+            holding s patches weighs like s tokens (ToMe's recommendation; on by default).
+        trace_source: record which input patches each token holds, for :func:`merge_sources` and
+            :mod:`tomesd.visualize`; costs an (N, N) matrix per image.
+
+    Raises:
+        ValueError: a RoPE model or a block / attention type this patch cannot handle correctly, or an
+            r schedule the model does not have the tokens for.
+        TypeError: ``r`` of the wrong type.
+    """
+    blocks = _validated_blocks(model)
+    info = _MergeInfo(parse_r(r, len(blocks)), model.num_prefix_tokens, bool(proportional_attention),
+                      bool(trace_source), state.options)
+    _check_schedule(info.schedule, _num_tokens(model), info.protected, r)
+    state.set_attr(model, _INFO_ATTR, info)
+    state.add_undo(model.patch_embed.register_forward_pre_hook(lambda module, args: info.reset()).remove)
+    for layer, block in enumerate(blocks):
+        state.add_undo(block.attn.k_norm.register_forward_hook(partial(_keep_metric, info)).remove)
+        state.set_attr(block, "forward", partial(_merging_block_forward, block, info, layer))
+    state.set_attr(model, "pool", partial(_size_weighted_pool, model, model.pool, info))
+
+
+def set_r(model: nn.Module, r: RSchedule) -> None:
+    """Change the merge schedule of a patched timm model (takes effect at the next forward).
+
+    Args:
+        model: a model patched by ``tomesd.apply_patch``.
+        r: as for :func:`apply`.
+
+    Raises:
+        ValueError: the model is not patched by this module, or the schedule does not fit it.
+    """
+    info = _info(model)
+    schedule = parse_r(r, len(info.schedule))
+    _check_schedule(schedule, _num_tokens(model), info.protected, r)
+    info.schedule = schedule
+    info.options["r"] = r
+
+
+def merge_sources(model: nn.Module) -> Tensor | None:
+    """Which input tokens each output token of the latest forward holds.
+
+    Returns:
+        (B, N, N0) 0/1 membership over the N0 input tokens (prefix tokens first, then patches in
+        row-major order), or ``None`` if nothing was merged. Needs ``trace_source=True``.
+
+    Raises:
+        ValueError: the model is not patched by this module, or was patched without ``trace_source``.
+    """
+    info = _info(model)
+    if not info.trace_source:
+        raise ValueError("merge_sources needs the model patched with trace_source=True")
+    return info.source
+
+
+def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: int, x: Tensor,
+                           attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """timm's pre-norm block with a ToMe merge between attention and MLP. x: (B, N, C)."""
+    if attn_mask is not None or is_causal:
+        raise ValueError("a token-merging ViT cannot take attn_mask / is_causal: masks do not survive merges; "
+                         "call tomesd.remove_patch(model) first")
+    bias = _proportional_bias(info) if info.proportional_attention else None
+    x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=bias)))  # (B, N, C)
+    r = info.schedule[layer]
+    if r > 0:
+        _check_layer_tokens(layer, r, x.shape[1], info.protected)
+        plan = bipartite_soft_matching(info.metric, r, protected=info.protected)
+        if info.trace_source:
+            info.source = merge_source(plan, info.source)
+        x, info.size = merge_wavg(plan, x, info.size)  # (B, N - r, C), (B, N - r, 1)
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def _proportional_bias(info: _MergeInfo) -> Tensor | None:
+    """(B, 1, 1, N) additive attention bias ``log(size)`` on the keys, or None before any merge."""
+    if info.size is None:
+        return None
+    return info.size.log().squeeze(-1)[:, None, None, :]
+
+
+def _keep_metric(info: _MergeInfo, module: nn.Module, args: tuple, keys: Tensor) -> None:
+    info.metric = keys.mean(dim=1)  # (B, H, N, D) -> (B, N, D)
+
+
+def _size_weighted_pool(model: nn.Module, pool: Any, info: _MergeInfo, x: Tensor,
+                        pool_type: str | None = None) -> Tensor:
+    """timm's ``model.pool`` with average and attention pooling weighted by token size. x: (B, N, C)."""
+    if info.size is None or info.size.shape[:2] != x.shape[:2]:
+        return pool(x, pool_type)
+    start = 0 if model.pool_include_prefix else model.num_prefix_tokens
+    tokens, size = x[:, start:], info.size[:, start:]  # (B, n, C), (B, n, 1)
+    if model.attn_pool is not None:
+        return model.attn_pool(tokens, attn_mask=size.log().squeeze(-1)[:, None, None, :])
+    pool_type = model.global_pool if pool_type is None else pool_type
+    if pool_type not in ("avg", "avgmax"):
+        return pool(x, pool_type)
+    mean = (tokens * size).sum(dim=1) / size.sum(dim=1)  # (B, C)
+    return mean if pool_type == "avg" else 0.5 * (tokens.amax(dim=1) + mean)
+
+
+def _validated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks, after checking each is a pre-norm timm Block with timm's plain Attention."""
+    if type(model).__name__ in _ROPE_CLASSES:
+        raise ValueError(f"{type(model).__name__} uses rotary position embeddings (RoPE), which token merging "
+                         "cannot keep correct (a merged token has no single position); supported: timm "
+                         "VisionTransformer models (ViT, DeiT, DeiT-III, register and MAE-style ViTs)")
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block
+
+    blocks = list(model.blocks)
+    for index, block in enumerate(blocks):
+        if type(block) is not Block:
+            raise ValueError(f"block {index} is a {type(block).__name__}; token merging supports timm's "
+                             "pre-norm vision_transformer.Block only")
+        if type(block.attn) is not Attention:
+            raise ValueError(f"block {index} uses {type(block.attn).__name__} attention; token merging supports "
+                             "timm's layers.attention.Attention only (no RoPE / differential attention)")
+    if not blocks:
+        raise ValueError("the model has no transformer blocks to patch")
+    return blocks
+
+
+def _num_tokens(model: nn.Module) -> int:
+    """Tokens entering the first block at the model's configured image size."""
+    return model.patch_embed.num_patches + model.num_prefix_tokens
+
+
+def _mergeable(num_tokens: int, protected: int) -> int:
+    """How many merge candidates ToMe's alternating split offers (every other non-protected token)."""
+    return (num_tokens - protected + 1) // 2
+
+
+def _check_schedule(schedule: list[int], num_tokens: int, protected: int, r: RSchedule) -> None:
+    """Raise if some layer would merge more tokens than it has candidates."""
+    for layer, layer_r in enumerate(schedule):
+        if layer_r > _mergeable(num_tokens, protected):
+            raise ValueError(
+                f"r={r!r} merges {layer_r} tokens in layer {layer}, which has only "
+                f"{_mergeable(num_tokens, protected)} mergeable of {num_tokens}; the largest constant r "
+                f"for this model is {_largest_constant_r(len(schedule), num_tokens, protected)}"
+            )
+        num_tokens -= layer_r
+
+
+def _check_layer_tokens(layer: int, r: int, num_tokens: int, protected: int) -> None:
+    """The runtime form of :func:`_check_schedule`, for inputs of another size than configured."""
+    if r > _mergeable(num_tokens, protected):
+        raise ValueError(f"layer {layer} would merge r={r} of {num_tokens} tokens (at most "
+                         f"{_mergeable(num_tokens, protected)}): lower r with tomesd.patch.timm.set_r")
+
+
+def _largest_constant_r(num_layers: int, num_tokens: int, protected: int) -> int:
+    """The largest r that every layer of the model can merge."""
+    for r in range(_mergeable(num_tokens, protected), 0, -1):
+        # layer l holds num_tokens - l*r tokens; the last layer is the tightest
+        if r <= _mergeable(num_tokens - (num_layers - 1) * r, protected):
+            return r
+    return 0
+
+
+def _info(model: nn.Module) -> _MergeInfo:
+    info = getattr(model, "__dict__", {}).get(_INFO_ATTR)
+    if info is None:
+        raise ValueError(f"this {type(model).__name__} is not patched by tomesd's timm family; "
+                         "call tomesd.apply_patch(model, r=...) first")
+    return info
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_non_negative(value: int) -> None:
+    if value < 0:
+        raise ValueError(f"r must be >= 0 (tokens merged per layer), got {value}")
+

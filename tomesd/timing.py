@@ -1,0 +1,216 @@
+"""Timing helpers shared by the app, the batch generator and the benchmarks.
+
+Speed is reported as a ratio against a baseline measured in the same process: the settings are run in
+turns (A, B, C, A, B, C, ...) so that drift of the machine (thermal, other load) hits all of them alike,
+and each is summarised by the median of its repetitions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+__all__ = [
+    "PeakMemory",
+    "execution_device",
+    "PipelineRun",
+    "Timing",
+    "synchronize",
+    "time_interleaved",
+    "timed_pipeline_call",
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of the repetitions of one setting."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        """Median seconds of one repetition."""
+        return statistics.median(self.seconds)
+
+    def speedup_over(self, baseline: "Timing") -> float:
+        """How many times faster than ``baseline`` (>1 is faster), from the medians."""
+        return baseline.median / self.median
+
+
+def execution_device(pipe: Any) -> torch.device:
+    """The device a diffusers pipeline computes on, also when its weights are offloaded to the CPU."""
+    return torch.device(getattr(pipe, "_execution_device", pipe.unet.device))
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for queued GPU work on ``device``, so wall-clock time covers it (no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_interleaved(
+    settings: Mapping[str, Callable[[], Any]],
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    prepare: Mapping[str, Callable[[], Any]] | None = None,
+) -> dict[str, Timing]:
+    """Time each callable of ``settings``, interleaved: ``warmup`` untimed rounds, then ``repeats`` rounds
+    each calling every setting once in turn.
+
+    Args:
+        settings: name -> a callable running one repetition of that setting.
+        repeats: timed rounds (at least 1); report medians over them.
+        warmup: untimed rounds first (caches, allocator, lazy initialisation).
+        device: synchronised around each call so GPU work is counted.
+        progress: show a tqdm bar over all calls.
+        prepare: optional name -> an untimed callable run before each call of that setting (e.g. switching
+            a model's patch to the setting's options).
+
+    Returns:
+        name -> :class:`Timing` with ``repeats`` measurements.
+
+    Raises:
+        ValueError: ``repeats < 1``, ``warmup < 0`` or no settings.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if not settings:
+        raise ValueError("no settings to time")
+    from tqdm.auto import tqdm
+
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    bar = tqdm(total=(warmup + repeats) * len(settings), disable=not progress, desc="timing")
+    for round_index in range(warmup + repeats):
+        for name, fn in settings.items():
+            bar.set_postfix_str(name)
+            if prepare is not None and name in prepare:
+                prepare[name]()
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+            bar.update()
+    bar.close()
+    return {name: Timing(tuple(values)) for name, values in seconds.items()}
+
+
+@dataclass
+class PipelineRun:
+    """Timing of one pipeline call.
+
+    Attributes:
+        steps: denoising steps run.
+        seconds: the whole call (text encoding, denoising, VAE decoding).
+        denoise_seconds: from the first U-Net call to the end of the last step: what ``it/s`` divides.
+    """
+
+    steps: int = 0
+    seconds: float = 0.0
+    denoise_seconds: float = 0.0
+
+    @property
+    def its(self) -> float:
+        """Denoising steps per second (the it/s of diffusers' progress bar)."""
+        return self.steps / self.denoise_seconds if self.denoise_seconds > 0 else float("nan")
+
+
+def timed_pipeline_call(
+    pipe: Any, on_step: Callable[[int, int], None] | None = None, **call_kwargs: Any
+) -> tuple[Any, PipelineRun]:
+    """Call ``pipe(**call_kwargs)`` and time it, whole and its denoising loop.
+
+    Args:
+        pipe: a diffusers pipeline with a ``unet`` and ``callback_on_step_end`` support.
+        on_step: called as ``on_step(step_done, total_steps)`` after every step; it may raise to abort the
+            call (the exception propagates, the pipeline is left as it was).
+        **call_kwargs: the pipeline's call arguments (``num_inference_steps`` is required).
+
+    Returns:
+        The pipeline's output and a :class:`PipelineRun`.
+    """
+    total = int(call_kwargs["num_inference_steps"])
+    device = execution_device(pipe)
+    run = PipelineRun()
+    first_unet_call: list[float] = []
+
+    def mark_first_unet_call(module: Any, args: Any) -> None:
+        if not first_unet_call:
+            synchronize(device)
+            first_unet_call.append(time.perf_counter())
+
+    def step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        synchronize(device)
+        run.steps = step + 1
+        run.denoise_seconds = time.perf_counter() - first_unet_call[0]
+        if on_step is not None:
+            on_step(step + 1, total)
+        return tensors
+
+    handle = pipe.unet.register_forward_pre_hook(mark_first_unet_call)
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        output = pipe(callback_on_step_end=step_end, **call_kwargs)
+        synchronize(device)
+        run.seconds = time.perf_counter() - start
+    finally:
+        handle.remove()
+    return output, run
+
+
+@dataclass
+class PeakMemory:
+    """Context manager measuring peak memory in MiB while its block runs.
+
+    On CUDA this is ``torch.cuda.max_memory_allocated`` (tensors only); elsewhere the process's resident set
+    size, sampled every ``interval`` seconds by a background thread (everything the process holds,
+    including the loaded model). ``kind`` names which one was measured.
+    """
+
+    device: str | torch.device = "cpu"
+    interval: float = 0.01
+    mib: float = 0.0
+    kind: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __enter__(self) -> "PeakMemory":
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            self.kind = "cuda_max_allocated"
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            self.kind = "process_rss"
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample_rss, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    def _sample_rss(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.mib = max(self.mib, process.memory_info().rss / 2**20)
+            if self._stop.wait(self.interval):
+                return
