@@ -91,14 +91,14 @@ def main() -> None:
     rows = []
     print(f"Qwen2.5-0.5B architecture ({args.layers} layers), random weights, fp32, {args.threads} thread(s), "
           f"prompt {args.context}+{args.tail} tokens, median of {args.repeats}")
-    print(f"{'condition':<14}{'tokens':>8}{'prefill s':>11}{'speedup':>9}{'encoder share':>15}")
+    print(f"{'condition':<14}{'tokens':>8}{'prefill s':>11}{'speedup':>9}{'embed+merge share':>19}")
     for name, results in runs.items():
         total = statistics.median(r["total"] for r in results)
         share = statistics.median(r["merge"] / r["total"] for r in results)
         row = {"condition": name, "tokens": results[0]["tokens"], "seconds": total, "speedup": base / total,
                "merge_share": share}
         rows.append(row)
-        print(f"{name:<14}{row['tokens']:>8}{total:>11.3f}{row['speedup']:>8.2f}x{100 * share:>14.2f}%")
+        print(f"{name:<14}{row['tokens']:>8}{total:>11.3f}{row['speedup']:>8.2f}x{100 * share:>18.2f}%")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"settings": vars(args), "rows": rows}, f, indent=2)

@@ -25,7 +25,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tomesd.llm import KTokenEncoder
-from tomesd.llm.task import build_tree_tokenizer, tree_examples
+from tomesd.llm.task import build_tree_tokenizer, parent_guess_accuracy, tree_examples
 from tomesd.llm.train import LengthCurriculum, accuracy, add_lora, save_checkpoint, train
 
 
@@ -123,12 +123,15 @@ def main() -> None:
     for name, acc in rows:
         kept = "100%" if name.startswith("K=1") else f"{100 / args.k:.0f}%"
         table.append(f"| {name} | {kept} | {100 * acc:.1f}% |")
+    guess = parent_guess_accuracy(held_out)
+    table.append(f"| reference: guess among the context's parents (no model) | - | {100 * guess:.1f}% |")
     text = "\n".join(table)
     print(text)
     print(json.dumps(timings, indent=2))
     with open(report / "llm_miniature.json", "w") as f:
-        json.dump({"settings": vars(args), "accuracy": dict(rows), "timings": timings,
-                   "final_losses": {"pretrain": pretrain_losses[-1], "adapt": adapt_losses[-1]}}, f, indent=2)
+        json.dump({"settings": vars(args), "accuracy": dict(rows), "parent_guess_accuracy": guess,
+                   "timings": timings, "final_losses": {"pretrain": pretrain_losses[-1], "adapt": adapt_losses[-1]}},
+                  f, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from tomesd.llm.task import build_tree_tokenizer, sample_tree_example, tree_examples
+from tomesd.llm.task import QAExample, build_tree_tokenizer, parent_guess_accuracy, sample_tree_example, tree_examples
 
 
 def test_answer_is_the_parent_stated_in_the_context():
@@ -42,3 +42,10 @@ def test_tokenizer_covers_the_task_and_survives_save_load(tmp_path):
 def test_bad_tree_size(nodes):
     with pytest.raises(ValueError, match="num_nodes must be in"):
         sample_tree_example(random.Random(0), nodes)
+
+
+def test_parent_guess_accuracy():
+    chain = QAExample("A is the parent of B . B is the parent of C .", "who is the parent of C ?", "B")
+    star = QAExample("A is the parent of B . A is the parent of C .", "who is the parent of B ?", "A")
+    assert parent_guess_accuracy([chain]) == 0.5  # A or B (C is asked about, and is no parent)
+    assert parent_guess_accuracy([chain, star]) == 0.75

@@ -17,7 +17,14 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["NODE_NAMES", "QAExample", "build_tree_tokenizer", "sample_tree_example", "tree_examples"]
+__all__ = [
+    "NODE_NAMES",
+    "QAExample",
+    "build_tree_tokenizer",
+    "parent_guess_accuracy",
+    "sample_tree_example",
+    "tree_examples",
+]
 
 NODE_NAMES = tuple(string.ascii_uppercase)
 TASK_WORDS = ("is", "the", "parent", "of", ".", "who", "?")
@@ -54,6 +61,17 @@ def tree_examples(count: int, min_nodes: int, max_nodes: int, seed: int) -> list
     """``count`` examples with tree sizes drawn uniformly from [min_nodes, max_nodes], reproducible by ``seed``."""
     rng = random.Random(seed)
     return [sample_tree_example(rng, rng.randint(min_nodes, max_nodes)) for _ in range(count)]
+
+
+def parent_guess_accuracy(examples: list[QAExample]) -> float:
+    """Expected accuracy of a reader that guesses uniformly among the nodes stated as a parent in the context
+    (the queried node excluded), without finding the queried node's own sentence: the level a model reaches
+    when it has learned the task's format but not the lookup."""
+    total = 0.0
+    for example in examples:
+        parents = {sentence.split()[0] for sentence in example.context.split(" .") if sentence.strip()}
+        total += 1 / len(parents - {example.question.split()[-2]})
+    return total / len(examples)
 
 
 def build_tree_tokenizer() -> PreTrainedTokenizerFast:
