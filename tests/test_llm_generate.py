@@ -1,0 +1,64 @@
+"""Generation from a compressed prefix through the model's own generate (tomesd.llm.generate)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.llm_models import padded_batch, tiny_llama, tiny_qwen
+from tomesd.llm import compress_prompt, generate_compressed, generate_text
+from tomesd.llm.task import build_tree_tokenizer, tree_examples
+
+GREEDY = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+
+
+@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama])
+def test_k1_matches_plain_generate_and_returns_new_tokens_only(make_model):
+    model = make_model()
+    ids, mask = padded_batch([12, 7], "left")
+    new = generate_compressed(model, ids, 1, mask, **GREEDY)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **GREEDY)  # (B, N + 6): prompt, then new
+    assert new.shape == (2, 6)
+    assert torch.equal(new, plain[:, ids.shape[1] :])
+
+
+def test_compressed_generation_matches_a_manual_greedy_loop():
+    """generate's cache and positions continue the compressed prefix correctly, row by row."""
+    model = tiny_qwen()
+    ids, mask = padded_batch([14, 9], "right")
+    tail, tail_mask = padded_batch([3, 2], "right", seed=1)
+    new = generate_compressed(model, ids, 4, mask, tail, tail_mask, **GREEDY)
+    assert new.shape == (2, 6)
+    embedding = model.get_input_embeddings()
+    for row in range(2):
+        prompt = compress_prompt(model, ids[row : row + 1, mask[row].bool()], 4,
+                                 tail_ids=tail[row : row + 1, tail_mask[row].bool()])
+        embeds, expected = prompt.inputs_embeds, []
+        with torch.no_grad():
+            for _ in range(6):  # no cache: recompute the whole sequence every step
+                token = model(inputs_embeds=embeds).logits[:, -1].argmax(-1)  # (1,)
+                expected.append(token.item())
+                embeds = torch.cat([embeds, embedding(token)[:, None]], 1)
+        assert new[row].tolist() == expected
+
+
+def test_generate_text_decodes_only_the_answer():
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    examples = tree_examples(3, 4, 9, seed=0)
+    answers = generate_text(model, tokenizer, [e.context for e in examples], [e.question for e in examples],
+                            k=4, max_new_tokens=2, do_sample=False, eos_token_id=None)
+    assert len(answers) == 3
+    for answer in answers:
+        words = answer.split()
+        assert 0 < len(words) <= 2  # the 2 new tokens, never the prompt (specials skipped)
+    single = generate_text(model, tokenizer, examples[0].context, examples[0].question, k=4, max_new_tokens=2,
+                           do_sample=False, eos_token_id=None)
+    assert single == answers[:1]  # a prompt alone decodes as in the padded batch
+
+
+def test_one_question_per_context():
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    with pytest.raises(ValueError, match="2 context\\(s\\) but 1 question"):
+        generate_text(model, tokenizer, ["A is the parent of B .", "B is the parent of C ."], ["who ?"], k=2)

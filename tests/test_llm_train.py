@@ -1,0 +1,116 @@
+"""Training the encoder + LoRA, the length curriculum and safetensors checkpoints (tomesd.llm.train)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.llm_models import tiny_qwen
+from tomesd.llm import KTokenEncoder, compress_prompt
+from tomesd.llm.compress import IGNORE_INDEX
+from tomesd.llm.task import build_tree_tokenizer, tree_examples
+from tomesd.llm.train import (
+    LengthCurriculum,
+    add_lora,
+    answer_loss,
+    encode_training_batch,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tree_tokenizer()
+
+
+def test_labels_cover_the_answer_and_eos_only(tokenizer):
+    examples = tree_examples(2, 3, 6, seed=0)
+    batch = encode_training_batch(tokenizer, examples)
+    for row, example in enumerate(examples):
+        labelled = batch["tail_labels"][row][batch["tail_labels"][row] != IGNORE_INDEX].tolist()
+        assert labelled == [tokenizer.convert_tokens_to_ids(example.answer), tokenizer.eos_token_id]
+        real_tail = batch["tail_ids"][row][batch["tail_mask"][row].bool()].tolist()
+        assert tokenizer.decode(real_tail[:-2]) == example.question
+
+
+def test_answer_loss_is_cross_entropy_on_answer_tokens(tokenizer):
+    model = tiny_qwen(vocab=len(tokenizer))
+    examples = tree_examples(3, 3, 7, seed=1)
+    batch = encode_training_batch(tokenizer, examples)
+    with torch.no_grad():
+        loss = answer_loss(model, batch, 1)
+        losses = []
+        for e in examples:  # uncompressed, one example at a time, no padding
+            ids = tokenizer(f"{e.context} {e.question} {e.answer}", return_tensors="pt")["input_ids"]
+            ids = torch.cat([ids, torch.tensor([[tokenizer.eos_token_id]])], 1)
+            logits = model(ids).logits[0]  # (N, V)
+            losses.append(torch.nn.functional.cross_entropy(logits[-3:-1], ids[0, -2:], reduction="none"))
+    torch.testing.assert_close(loss, torch.cat(losses).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_curriculum_admits_longer_contexts_over_time():
+    examples = list(range(10))
+    lengths = [5, 50, 10, 45, 15, 40, 20, 35, 25, 30]
+    curriculum = LengthCurriculum(examples, lengths, start_length=12, ramp_steps=100, seed=0)
+    early = curriculum.batch(0, 64)
+    assert set(early) == {0, 2}  # lengths 5 and 10 only
+    assert curriculum.max_length(50) == 31
+    assert set(curriculum.batch(100, 400)) == set(examples)
+    assert LengthCurriculum(examples, lengths, 12, 0).max_length(0) == 50  # no curriculum
+
+
+def test_lora_and_encoder_training_lowers_the_loss_and_freezes_the_base(tokenizer):
+    # A wider init than 0.02: the frozen random LM head must be able to express a confident answer.
+    model = tiny_qwen(vocab=len(tokenizer), init_range=0.2)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    encoder = KTokenEncoder(model.config.hidden_size, 4)
+    model = add_lora(model, rank=4, alpha=8)
+    examples = tree_examples(8, 4, 6, seed=2)
+    curriculum = LengthCurriculum(examples, [len(e.context.split()) for e in examples], 100, 0)
+    batch = encode_training_batch(tokenizer, examples)
+    with torch.no_grad():
+        before = answer_loss(model, batch, 4, encoder).item()
+    losses = train(model, tokenizer, curriculum, 4, steps=30, batch_size=8, lr=1e-2, encoder=encoder, warmup_steps=2)
+    with torch.no_grad():
+        after = answer_loss(model, batch, 4, encoder).item()
+    assert len(losses) == 30 and after < 0.3 * before
+    assert encoder.down.weight.abs().sum() > 0  # the encoder left the exact-mean start
+    for name, param in model.base_model.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), name
+
+
+def test_checkpoint_round_trip(tmp_path, tokenizer):
+    model = tiny_qwen(vocab=len(tokenizer))
+    encoder = KTokenEncoder(model.config.hidden_size, 4)
+    model = add_lora(model, rank=4, alpha=8)
+    torch.manual_seed(1)
+    with torch.no_grad():  # stand-in for training: make every trainable weight non-trivial
+        for p in [*encoder.parameters(), *(p for p in model.parameters() if p.requires_grad)]:
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(tmp_path, encoder, model)
+    assert (tmp_path / "encoder.safetensors").is_file()
+    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
+
+    loaded_encoder, loaded_model = load_checkpoint(tmp_path, tiny_qwen(vocab=len(tokenizer)))
+    batch = encode_training_batch(tokenizer, tree_examples(2, 4, 6, seed=3))
+    model.eval()
+    logits = []
+    with torch.no_grad():
+        for lm, enc in ((model, encoder), (loaded_model, loaded_encoder)):
+            prompt = compress_prompt(lm, batch["input_ids"], 4, batch["attention_mask"], batch["tail_ids"],
+                                     batch["tail_mask"], encoder=enc)
+            logits.append(lm(inputs_embeds=prompt.inputs_embeds, attention_mask=prompt.attention_mask,
+                             position_ids=prompt.position_ids).logits)
+    assert torch.equal(logits[0], logits[1])
+    assert loaded_encoder.config() == encoder.config()
+
+
+def test_checkpoint_for_another_hidden_size_is_rejected(tmp_path, tokenizer):
+    save_checkpoint(tmp_path, KTokenEncoder(48, 4))
+    with pytest.raises(ValueError, match="hidden size 48 does not match the model's embedding size 32"):
+        load_checkpoint(tmp_path, tiny_qwen(vocab=len(tokenizer)))
+    with pytest.raises(FileNotFoundError, match="no K-token encoder checkpoint"):
+        load_checkpoint(tmp_path / "missing", tiny_qwen(vocab=len(tokenizer)))

@@ -1,0 +1,22 @@
+"""K-token merging for causal LM prompts: every ``k`` consecutive prompt embeddings become one.
+
+* :func:`compress_prompt`: the compressed ``inputs_embeds`` / mask / positions for a batch of prompts,
+  training-free (block mean, padding excluded) or through a trained :class:`KTokenEncoder`;
+* :func:`generate_text` / :func:`generate_compressed`: generation from the compressed prefix with the
+  model's own ``generate`` and KV cache;
+* :mod:`tomesd.llm.train`: training the encoder with LoRA adapters (loss on answer tokens only);
+* :mod:`tomesd.llm.task`: the synthetic textualized-tree task and its offline tokenizer.
+"""
+
+from .compress import CompressedPrompt, compress_prompt, mean_merge
+from .encoder import KTokenEncoder
+from .generate import generate_compressed, generate_text
+
+__all__ = [
+    "CompressedPrompt",
+    "KTokenEncoder",
+    "compress_prompt",
+    "generate_compressed",
+    "generate_text",
+    "mean_merge",
+]

@@ -1,0 +1,176 @@
+"""Prompt compression in embedding space: every ``k`` consecutive context embeddings become one.
+
+A prompt is split into a *context* (the long part, compressed) and an optional *tail* (kept token by
+token, e.g. the question after a long document). Batches may be left- or right-padded; each sample's
+context is compressed from its first real token, so its result does not depend on how much padding the
+batch needed. The compressed context and the tail are then packed into one padded sequence with its
+attention mask and positions (merged tokens take one position each), ready for a causal LM's
+``forward(inputs_embeds=..., attention_mask=..., position_ids=...)`` or ``generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tomesd.merge import block_merge
+
+if TYPE_CHECKING:
+    from .encoder import KTokenEncoder
+
+__all__ = ["CompressedPrompt", "compress_prompt", "mean_merge", "pack", "validate_block_length"]
+
+IGNORE_INDEX = -100
+PADDING_SIDES = ("left", "right")
+
+
+@dataclass
+class CompressedPrompt:
+    """A compressed prompt, padded as one batch.
+
+    Attributes:
+        inputs_embeds: (B, L, C) merged context embeddings followed by the tail's token embeddings.
+        attention_mask: (B, L) 1 on real (merged or tail) positions, 0 on padding.
+        position_ids: (B, L) 0, 1, 2, ... over the real positions (padding gets 0).
+        labels: (B, L) the tail's labels at the tail's positions and ``-100`` elsewhere, or ``None`` when no
+            tail labels were given.
+    """
+
+    inputs_embeds: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    labels: Tensor | None = None
+
+
+def validate_block_length(k: int, lengths: Tensor) -> None:
+    """Check a block length against the real lengths (B,) of the prompts it will compress.
+
+    Raises:
+        TypeError: ``k`` is not an int.
+        ValueError: ``k`` below 1, or larger than some prompt.
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"block length k must be an int, got {type(k).__name__} {k!r}")
+    if k < 1:
+        raise ValueError(f"block length k must be >= 1, got {k}")
+    shortest = int(lengths.min()) if lengths.numel() else 0
+    if k > shortest:
+        sample = int(lengths.argmin()) if lengths.numel() else 0
+        raise ValueError(
+            f"block length k={k} is larger than prompt {sample}, which has {shortest} real token(s); "
+            f"use k <= {shortest} or a longer context"
+        )
+
+
+def pack(mask: Tensor, *tensors: Tensor, side: str = "left") -> tuple[Tensor, ...]:
+    """Move every sample's real positions to one side, keeping their order.
+
+    Args:
+        mask: (B, N) 1 on real positions, 0 on padding.
+        tensors: (B, N, ...) tensors reordered like the mask.
+        side: ``"left"`` puts the padding first (for generation), ``"right"`` puts it last.
+
+    Returns:
+        The reordered mask followed by the reordered tensors.
+
+    Raises:
+        ValueError: ``side`` is neither "left" nor "right".
+    """
+    if side not in PADDING_SIDES:
+        raise ValueError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
+    # A stable sort of the 0/1 mask moves padding to one end and keeps real tokens in their order.
+    order = mask.long().argsort(dim=1, stable=True, descending=side == "right")  # (B, N)
+    return tuple(_gather_rows(t, order) for t in (mask, *tensors))
+
+
+def mean_merge(embeds: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Training-free merge: the mean of every ``k`` consecutive real embeddings, padding excluded.
+
+    Args:
+        embeds: (B, N, C) right-padded embeddings.
+        mask: (B, N) 1 on real tokens.
+        k: block length.
+
+    Returns:
+        (merged, merged_mask): (B, ceil(N/k), C) block means and (B, ceil(N/k)) 1 where a block holds a
+        real token.
+    """
+    merged, weight = block_merge(embeds, k, mask)
+    return merged, (weight > 0).to(mask.dtype)
+
+
+def compress_prompt(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    k: int,
+    attention_mask: Tensor | None = None,
+    tail_ids: Tensor | None = None,
+    tail_mask: Tensor | None = None,
+    tail_labels: Tensor | None = None,
+    encoder: KTokenEncoder | None = None,
+    padding_side: str = "left",
+) -> CompressedPrompt:
+    """Embed a batch of prompts with ``model``'s input embeddings and compress their context.
+
+    Args:
+        model: a Hugging Face causal LM (anything with ``get_input_embeddings()``).
+        input_ids: (B, N) context token ids, left- or right-padded.
+        k: block length: every ``k`` context tokens become one embedding (``k=1`` keeps them all).
+        attention_mask: (B, N) 1 on real context tokens; ``None`` means no padding.
+        tail_ids: (B, T) token ids kept uncompressed after the context (e.g. the question), or ``None``.
+        tail_mask: (B, T) 1 on real tail tokens; ``None`` means no padding.
+        tail_labels: (B, T) training labels for the tail (``-100`` where no loss is wanted), or ``None``.
+        encoder: a trained :class:`~tomesd.llm.encoder.KTokenEncoder`; ``None`` merges by the mean.
+        padding_side: where the result's padding goes: ``"left"`` for generation, ``"right"`` for training.
+
+    Returns:
+        The :class:`CompressedPrompt`.
+
+    Raises:
+        TypeError: ``k`` is not an int.
+        ValueError: ``k`` below 1 or larger than a prompt's context, an encoder whose block length or
+            hidden size does not match, or an unknown padding side.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    validate_block_length(k, attention_mask.sum(dim=1))
+    embedding = model.get_input_embeddings()
+    if encoder is not None:
+        encoder.check_compatible(k, embedding.embedding_dim)
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding side must be one of {PADDING_SIDES}, got {padding_side!r}")
+
+    merged, merged_mask = _merge_context(embedding, input_ids, attention_mask, k, encoder)  # (B, M, C), (B, M)
+    parts_embeds, parts_mask = [merged], [merged_mask]
+    labels = [torch.full_like(merged_mask, IGNORE_INDEX, dtype=torch.long)]
+    if tail_ids is not None:
+        tail_mask = torch.ones_like(tail_ids) if tail_mask is None else tail_mask
+        parts_embeds.append(embedding(tail_ids))  # (B, T, C)
+        parts_mask.append(tail_mask.to(merged_mask.dtype))
+        given = torch.full_like(tail_ids, IGNORE_INDEX) if tail_labels is None else tail_labels
+        labels.append(given.masked_fill(tail_mask == 0, IGNORE_INDEX))
+    mask, inputs_embeds, label_ids = pack(
+        torch.cat(parts_mask, 1), torch.cat(parts_embeds, 1), torch.cat(labels, 1), side=padding_side
+    )
+    positions = (mask.long().cumsum(dim=1) - 1).masked_fill(mask == 0, 0)  # (B, L)
+    return CompressedPrompt(inputs_embeds, mask, positions, label_ids if tail_labels is not None else None)
+
+
+def _merge_context(
+    embedding: torch.nn.Module, input_ids: Tensor, mask: Tensor, k: int, encoder: KTokenEncoder | None
+) -> tuple[Tensor, Tensor]:
+    """Embed the context and merge it from each sample's first real token (padding moved to the right)."""
+    mask, input_ids = pack(mask, input_ids, side="right")
+    embeds = embedding(input_ids)  # (B, N, C)
+    if encoder is None:
+        return mean_merge(embeds, mask, k)
+    return encoder(embeds, mask)
+
+
+def _gather_rows(x: Tensor, order: Tensor) -> Tensor:
+    """Reorder the positions of ``x`` (B, N, ...) by ``order`` (B, N)."""
+    index = order.view(*order.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)

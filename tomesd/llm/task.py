@@ -1,0 +1,85 @@
+"""A synthetic, offline task for K-token merging: find a node's parent in a textualized tree.
+
+A random tree over distinct node names is written as shuffled sentences ("C is the parent of F .") and
+followed by a question ("who is the parent of F ?") whose answer is one node name. The context is the
+long part that gets compressed; the question stays uncompressed. A word-level tokenizer over the task's
+closed vocabulary is built locally, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import PreTrainedTokenizerFast
+
+__all__ = [
+    "NODE_NAMES",
+    "QAExample",
+    "build_tree_tokenizer",
+    "parent_guess_accuracy",
+    "sample_tree_example",
+    "tree_examples",
+]
+
+NODE_NAMES = tuple(string.ascii_uppercase)
+TASK_WORDS = ("is", "the", "parent", "of", ".", "who", "?")
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "[EOS]", "unk_token": "[UNK]"}
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One prompt: ``context`` (compressed), ``question`` (kept) and the one-word ``answer``."""
+
+    context: str
+    question: str
+    answer: str
+
+
+def sample_tree_example(rng: random.Random, num_nodes: int) -> QAExample:
+    """A random tree of ``num_nodes`` named nodes and a question about one non-root node's parent.
+
+    Raises:
+        ValueError: ``num_nodes`` outside [2, number of node names].
+    """
+    if not 2 <= num_nodes <= len(NODE_NAMES):
+        raise ValueError(f"num_nodes must be in [2, {len(NODE_NAMES)}], got {num_nodes}")
+    names = rng.sample(NODE_NAMES, num_nodes)
+    parent = {child: names[rng.randrange(i)] for i, child in enumerate(names[1:], start=1)}
+    edges = list(parent.items())
+    rng.shuffle(edges)
+    context = " ".join(f"{p} is the parent of {c} ." for c, p in edges)
+    child = rng.choice(names[1:])
+    return QAExample(context, f"who is the parent of {child} ?", parent[child])
+
+
+def tree_examples(count: int, min_nodes: int, max_nodes: int, seed: int) -> list[QAExample]:
+    """``count`` examples with tree sizes drawn uniformly from [min_nodes, max_nodes], reproducible by ``seed``."""
+    rng = random.Random(seed)
+    return [sample_tree_example(rng, rng.randint(min_nodes, max_nodes)) for _ in range(count)]
+
+
+def parent_guess_accuracy(examples: list[QAExample]) -> float:
+    """Expected accuracy of a reader that guesses uniformly among the nodes stated as a parent in the context
+    (the queried node excluded), without finding the queried node's own sentence: the level a model reaches
+    when it has learned the task's format but not the lookup."""
+    total = 0.0
+    for example in examples:
+        parents = {sentence.split()[0] for sentence in example.context.split(" .") if sentence.strip()}
+        total += 1 / len(parents - {example.question.split()[-2]})
+    return total / len(examples)
+
+
+def build_tree_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the task vocabulary (special tokens first: pad 0, eos 1, unk 2)."""
+    words = [*SPECIAL_TOKENS.values(), *TASK_WORDS, *NODE_NAMES]
+    model = WordLevel({word: i for i, word in enumerate(words)}, unk_token=SPECIAL_TOKENS["unk_token"])
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    # Joins words with single spaces (no "##" pieces exist here), so decoding survives save/load unchanged.
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)

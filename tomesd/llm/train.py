@@ -1,0 +1,247 @@
+"""Training the K-token encoder jointly with LoRA adapters on a frozen causal LM.
+
+Each example is a context (compressed by the encoder), a question and an answer (both kept as tokens).
+The loss is the LM's cross-entropy on the answer tokens (and the end of sequence) only. An optional
+curriculum over input length starts with short contexts and admits longer ones as training goes on.
+Checkpoints are safetensors: the encoder's weights (its configuration in the file's metadata) and the
+LoRA adapter saved by PEFT.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from .compress import IGNORE_INDEX, compress_prompt
+from .encoder import KTokenEncoder
+from .generate import generate_text, tokenize_prompts
+from .task import QAExample
+
+__all__ = [
+    "LengthCurriculum",
+    "accuracy",
+    "add_lora",
+    "answer_loss",
+    "encode_training_batch",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
+
+ENCODER_FILE = "encoder.safetensors"
+LORA_DIR = "lora"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def encode_training_batch(tokenizer: Any, examples: Sequence[QAExample]) -> dict[str, Tensor]:
+    """Token tensors for :func:`answer_loss`: contexts as :func:`~tomesd.llm.generate.tokenize_prompts`
+    makes them, and tails ``question answer <eos>`` right-padded, labelled on ``answer <eos>`` only."""
+    batch = tokenize_prompts(tokenizer, [e.context for e in examples])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tails, labels = [], []
+    for example in examples:
+        question = tokenizer(example.question, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        tails.append(question + answer)
+        labels.append([IGNORE_INDEX] * len(question) + answer)
+    width = max(map(len, tails))
+    batch["tail_ids"] = torch.tensor([t + [pad_id] * (width - len(t)) for t in tails])
+    batch["tail_mask"] = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
+    batch["tail_labels"] = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for l in labels])
+    return batch
+
+
+def answer_loss(model: Any, batch: dict[str, Tensor], k: int, encoder: KTokenEncoder | None = None) -> Tensor:
+    """Mean cross-entropy of ``model`` on the labelled tail tokens after the context compressed by ``k``."""
+    prompt = compress_prompt(
+        model,
+        batch["input_ids"],
+        k,
+        batch["attention_mask"],
+        batch["tail_ids"],
+        batch["tail_mask"],
+        batch["tail_labels"],
+        encoder=encoder,
+        padding_side="right",
+    )
+    out = model(
+        inputs_embeds=prompt.inputs_embeds,
+        attention_mask=prompt.attention_mask,
+        position_ids=prompt.position_ids,
+        labels=prompt.labels,
+    )
+    return out.loss
+
+
+class LengthCurriculum:
+    """Training batches whose longest admitted context grows linearly over the first ``ramp_steps``.
+
+    Args:
+        examples: the training examples.
+        lengths: each example's context length (tokens).
+        start_length: longest context admitted at step 0 (the shortest example always is).
+        ramp_steps: steps until every example is admitted; 0 disables the curriculum.
+        seed: seeds the sampling (its own generator, not the global RNG).
+    """
+
+    def __init__(
+        self, examples: Sequence[Any], lengths: Sequence[int], start_length: int, ramp_steps: int, seed: int = 0
+    ) -> None:
+        if len(examples) != len(lengths) or not examples:
+            raise ValueError(f"need one length per example and at least one example, got {len(examples)} "
+                             f"example(s) and {len(lengths)} length(s)")
+        order = sorted(range(len(examples)), key=lengths.__getitem__)
+        self.examples = [examples[i] for i in order]
+        self.lengths = [lengths[i] for i in order]
+        self.start_length, self.ramp_steps = start_length, ramp_steps
+        self.rng = random.Random(seed)
+
+    def max_length(self, step: int) -> int:
+        """The longest context admitted at ``step``."""
+        longest = self.lengths[-1]
+        if self.ramp_steps <= 0 or step >= self.ramp_steps:
+            return longest
+        return int(self.start_length + (longest - self.start_length) * step / self.ramp_steps)
+
+    def batch(self, step: int, batch_size: int) -> list[Any]:
+        """``batch_size`` examples drawn uniformly among those admitted at ``step``."""
+        admitted = max(bisect.bisect_right(self.lengths, self.max_length(step)), 1)  # the shortest always is
+        return [self.examples[self.rng.randrange(admitted)] for _ in range(batch_size)]
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    curriculum: LengthCurriculum,
+    k: int,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    encoder: KTokenEncoder | None = None,
+    warmup_steps: int = 50,
+    desc: str = "train",
+) -> list[float]:
+    """Train every parameter of ``model`` and ``encoder`` that requires grad with AdamW.
+
+    The learning rate warms up linearly for ``warmup_steps`` then follows a cosine to 0; gradients are
+    clipped at norm 1. Wrap ``model`` with :func:`add_lora` first to train adapters only.
+
+    Returns:
+        The loss of every step.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if encoder is not None:
+        params += [p for p in encoder.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter of the model or encoder requires grad")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, steps))
+    model.train()
+    if encoder is not None:
+        encoder.train()
+    losses = []
+    bar = tqdm(range(steps), desc=desc)
+    for step in bar:
+        batch = encode_training_batch(tokenizer, curriculum.batch(step, batch_size))
+        loss = answer_loss(model, batch, k, encoder)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    if encoder is not None:
+        encoder.eval()
+    return losses
+
+
+def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:
+    """Linear warm-up, then cosine decay to 0 at ``steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def accuracy(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[QAExample],
+    k: int,
+    encoder: KTokenEncoder | None = None,
+    batch_size: int = 64,
+) -> float:
+    """Fraction of examples whose greedy answer (first generated word) equals the expected answer."""
+    max_new = max(len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+    correct = 0
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"eval K={k}", leave=False):
+        chunk = examples[start : start + batch_size]
+        answers = generate_text(
+            model, tokenizer, [e.context for e in chunk], [e.question for e in chunk], k, encoder,
+            max_new_tokens=max_new, do_sample=False,
+        )
+        correct += sum(a.strip() == e.answer for a, e in zip(answers, chunk))
+    return correct / len(examples)
+
+
+def add_lora(model: Any, rank: int = 8, alpha: int = 16, targets: Sequence[str] = LORA_TARGETS) -> Any:
+    """Wrap ``model`` with PEFT LoRA adapters on ``targets`` (the base weights are frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets))
+    return get_peft_model(model, config)
+
+
+def save_checkpoint(directory: str | Path, encoder: KTokenEncoder, model: Any | None = None) -> Path:
+    """Save ``encoder`` (and ``model``'s LoRA adapter, if it is a PEFT model) under ``directory``.
+
+    Returns:
+        The directory: ``encoder.safetensors`` plus ``lora/`` (PEFT's ``adapter_model.safetensors``).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().contiguous() for name, t in encoder.state_dict().items()}
+    save_file(state, directory / ENCODER_FILE, metadata={"config": json.dumps(encoder.config())})
+    if model is not None and hasattr(model, "peft_config"):
+        model.save_pretrained(directory / LORA_DIR, safe_serialization=True)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, model: Any) -> tuple[KTokenEncoder, Any]:
+    """Load an encoder saved by :func:`save_checkpoint`, and its LoRA adapter onto ``model`` if saved.
+
+    Returns:
+        (encoder, model): the encoder in eval mode, and ``model`` wrapped with the adapter (or as given).
+
+    Raises:
+        FileNotFoundError: no encoder checkpoint in ``directory``.
+        ValueError: the encoder does not fit the model's embedding size.
+    """
+    from safetensors import safe_open
+
+    path = Path(directory) / ENCODER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no K-token encoder checkpoint at {path}")
+    with safe_open(path, framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    encoder = KTokenEncoder(**config)
+    encoder.check_compatible(encoder.k, model.get_input_embeddings().embedding_dim)
+    encoder.load_state_dict(load_file(path))
+    if (Path(directory) / LORA_DIR).is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, Path(directory) / LORA_DIR)
+    return encoder.eval(), model.eval()
