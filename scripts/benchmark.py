@@ -100,6 +100,7 @@ class Row:
     repeats: int
     psnr: float | None = None
     ssim: float | None = None
+    times_s: tuple[float, ...] = ()  # every timed repetition, for the JSON output
 
 
 # ---------------------------------------------------------------- settings
@@ -188,8 +189,8 @@ def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, reso
     )
     tomesd.remove_patch(unet)
     base = timings[settings[0].name]
-    return [Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats)
-            for s in settings]
+    return [Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
+                times_s=timings[s.name].seconds) for s in settings]
 
 
 def measure_tomesd013(arch: str, python: Path, ratios: list[float], batch: int, resolution: int, repeats: int,
@@ -243,7 +244,8 @@ def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings
     base = timings[base_name]
     return [
         Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
-            float(psnr(images[base_name], images[s.name])), float(ssim(images[base_name], images[s.name])))
+            float(psnr(images[base_name], images[s.name])), float(ssim(images[base_name], images[s.name])),
+            timings[s.name].seconds)
         for s in settings
     ]
 

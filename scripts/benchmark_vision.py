@@ -6,7 +6,7 @@ agreement and logit cosine for classifiers, embedding cosine and mask IoU (mask 
 a grid of points) for SAM. Weights are random (pretrained=False / checkpoint=None: no hub access), so
 agreement figures are weak evidence about accuracy.
 
-    python scripts/benchmark_vision.py                  # the README table (about 30 min, 1 thread)
+    python scripts/benchmark_vision.py                  # the README table (16-35 min at 1 thread)
     python scripts/benchmark_vision.py --models deit_s --repeats 3
 """
 
@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import tomesd  # noqa: E402
@@ -101,15 +102,28 @@ def measure(case: Case, repeats: int) -> list[dict]:
                 seconds, outputs[index] = timed(lambda: timed_module(images))
                 if rep:
                     times[index].append(seconds)
-        tomesd.remove_patch(model)
+        flops = [flops_per_image(model, timed_module, images[:1], options) for options in variants]
         spread = spread_of(case, outputs[0])
         base = statistics.median(times[0])
         return [
             {"case": case, "options": options, "base_s": base, "tome_s": statistics.median(times[index]),
-             "speedup": base / statistics.median(times[index]), "spread": spread,
-             **agreement_of(case, model, outputs[0], outputs[index])}
+             "speedup": base / statistics.median(times[index]), "flop_ratio": flops[0] / flops[index],
+             "spread": spread, **agreement_of(case, model, outputs[0], outputs[index])}
             for index, options in enumerate(case.settings, start=1)
         ]
+
+
+def flops_per_image(model: torch.nn.Module, timed_module: torch.nn.Module, image: torch.Tensor,
+                    options: dict | None) -> int:
+    """Matmul/convolution/attention FLOPs of one forward on one image (torch's FlopCounterMode);
+    ``options=None`` counts the unpatched model. Leaves the model unpatched."""
+    tomesd.remove_patch(model)
+    if options is not None:
+        tomesd.apply_patch(model, **options)
+    with FlopCounterMode(display=False) as counter:
+        timed_module(image)
+    tomesd.remove_patch(model)
+    return counter.get_total_flops()
 
 
 def spread_of(case: Case, reference: torch.Tensor) -> float | None:
@@ -159,20 +173,22 @@ def markdown(rows: list[dict], threads: int, repeats: int) -> str:
     header = (
         f"Unpatched vs tomesd in one process, interleaved, median of {repeats} runs; fp32, {threads} thread(s), "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}; random weights.\n\n"
-        "| model | input | tomesd options | unpatched img/s | tomesd img/s | speed-up | target | agreement |\n"
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |\n"
+        "| model | input | tomesd options | unpatched img/s | tomesd img/s | speed-up | FLOP ratio | target "
+        "| agreement |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n"
     )
     lines = []
     for row in rows:
         case = row["case"]
-        agree = (f"top-1 {row['top1']:.1%}, logit cos {row['cosine']:.3f}" if "top1" in row
-                 else f"embedding cos {row['cosine']:.3f}, mask IoU {row['mask_iou']:.3f}")
+        agree = (f"top-1 {row['top1']:.1%}, logit cos {row['cosine']:.4f}" if "top1" in row
+                 else f"embedding cos {row['cosine']:.4f}, mask IoU {row['mask_iou']:.3f}")
         if row["spread"] is not None:
             agree += f" (cos between different images: {row['spread']:.2f})"
         target = f">= {case.target}x" if case.target else "-"
         lines.append(
             f"| {case.label} | bs {case.batch}, {case.resolution} px | {options_text(row['options'])} "
-            f"| {case.batch / row['base_s']:.2f} | {case.batch / row['tome_s']:.2f} | {row['speedup']:.2f}x "
+            f"| {case.batch / row['base_s']:.3g} | {case.batch / row['tome_s']:.3g} | {row['speedup']:.2f}x "
+            f"| {row['flop_ratio']:.2f}x "
             f"| {target} | {agree} |"
         )
     return header + "\n".join(lines) + "\n"
@@ -203,22 +219,20 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES), help="table rows, in order")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("samples/vision"), help="where benchmark.md/.png go")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models:
-        measured = measure(CASES[name], args.repeats)
-        rows += measured
-        print("\n".join(markdown(measured, args.threads, args.repeats).splitlines()[-len(measured):]), flush=True)
-    table = markdown(rows, args.threads, args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.md").write_text(table)
-    plot(rows, args.out / "benchmark.png")
-    print(table)
+        rows += measure(CASES[name], args.repeats)
+        table = markdown(rows, args.threads, args.repeats)
+        (args.out / "benchmark.md").write_text(table)  # rewritten after every model: a partial run keeps its rows
+        plot(rows, args.out / "benchmark.png")
+        print(table, flush=True)
 
 
 if __name__ == "__main__":

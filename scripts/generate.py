@@ -39,6 +39,7 @@ from tomesd.timing import execution_device
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.md"
+SHEET_FILE = "sheet.png"
 LOG_GLOB = "log.rank*.jsonl"
 
 
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION,
                         help="U-Net attention: PyTorch SDPA (default), classic softmax(QK^T)V, or xformers (GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--sheet", action="store_true",
+                        help=f"also write {SHEET_FILE}: every image in a grid, a row per prompt and seed, a column per ratio")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the untimed 1-step generation per ratio that precedes the timed ones")
     patch = parser.add_argument_group("patch options (tomesd.patch.diffusers)")
@@ -404,6 +407,30 @@ def generate_share(args: argparse.Namespace, config: dict[str, Any], jobs: list[
                     state.process_index, state.num_processes, args.warmup, stop, placement)
 
 
+def contact_sheet(out: Path, records: list[dict[str, Any]], tile: int = 160) -> Any:
+    """One row per prompt and seed, one column per ratio, each image labelled with its ratio and it/s."""
+    from PIL import Image, ImageDraw
+
+    ratios = sorted({r["ratio"] for r in records})
+    rows = sorted({(r["prompt"], r["negative_prompt"], r["seed"]) for r in records})
+    by_cell = {(r["prompt"], r["negative_prompt"], r["seed"], r["ratio"]): r for r in records}
+    label = 16
+    sheet = Image.new("RGB", (tile * len(ratios), (tile + 2 * label) * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (prompt, negative, seed) in enumerate(rows):
+        top = row * (tile + 2 * label)
+        draw.text((4, top + 2), f"{prompt} (seed {seed})", fill="black")
+        for column, ratio in enumerate(ratios):
+            record = by_cell.get((prompt, negative, seed, ratio))
+            if record is None:
+                continue
+            with Image.open(out / record["file"]) as image:
+                sheet.paste(image.convert("RGB").resize((tile, tile)), (column * tile, top + label))
+            draw.text((column * tile + 4, top + label + tile + 2), f"ratio {ratio:g}: {record['its']:.2f} it/s",
+                      fill="black")
+    return sheet
+
+
 def write_summary(out: Path) -> str:
     """Summarise every log in ``out`` into ``summary.md``; returns the Markdown."""
     records = read_logs(out)
@@ -426,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         pending = prepare_output(state, args.out, config, jobs)
         with state.split_between_processes(pending) as my_jobs:
             done = generate_share(args, config, my_jobs, state, stop)
-    except ValueError as error:  # settings of an existing --out, or a model that cannot be loaded
+    except (ValueError, OSError) as error:  # settings of an existing --out, or a model that cannot be loaded
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
@@ -434,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     state.wait_for_everyone()
     if state.is_main_process:
         print(write_summary(args.out))
+        if args.sheet:
+            contact_sheet(args.out, read_logs(args.out)).save(args.out / SHEET_FILE)
     print(f"rank {state.process_index}: generated {done} image(s)" + (" (interrupted)" if stop.requested else ""),
           file=sys.stderr)
     return 130 if stop.requested else 0

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from scripts import generate as gen
 
@@ -30,7 +31,7 @@ def _log_lines(out: Path) -> list[dict]:
 
 
 def _images(out: Path) -> set[str]:
-    return {p.name for p in out.glob("*.png")}
+    return {p.name for p in out.glob("*.png") if p.name != gen.SHEET_FILE}
 
 
 def _env() -> dict[str, str]:
@@ -101,9 +102,11 @@ def test_batch_writes_images_log_and_summary_then_resumes(tiny_pipeline_dir, tmp
                           "--ratios", "0", "0.5", "--no-warmup")) == 0
     assert _log_lines(out) == records
     assert gen.main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1", "2",
-                          "--ratios", "0", "0.5", "--no-warmup")) == 0
+                          "--ratios", "0", "0.5", "--no-warmup", "--sheet")) == 0
     assert len(_images(out)) == 6 and len(_log_lines(out)) == 6
     assert "| 0 | 3 |" in (out / "summary.md").read_text()
+    with Image.open(out / "sheet.png") as sheet:
+        assert sheet.size == (2 * 160, 3 * (160 + 32))  # 2 ratios x 3 seeds
 
 
 def test_resuming_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path, capsys):

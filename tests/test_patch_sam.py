@@ -46,10 +46,10 @@ def randomise_positions(encoder: torch.nn.Module) -> None:
                 parameter.normal_(std=0.5)
 
 
-def build_segment_anything(global_blocks=(1, 3)) -> Sam:
+def build_segment_anything(global_blocks=(1, 3), window_size=4) -> Sam:
     torch.manual_seed(0)
     encoder = ImageEncoderViT(img_size=256, embed_dim=64, depth=4, num_heads=2, out_chans=32, use_rel_pos=True,
-                              window_size=4, global_attn_indexes=global_blocks)
+                              window_size=window_size, global_attn_indexes=global_blocks)
     prompt = PromptEncoder(embed_dim=32, image_embedding_size=(GRID, GRID), input_image_size=(256, 256),
                            mask_in_chans=4)
     decoder = MaskDecoder(transformer_dim=32, iou_head_hidden_dim=32,
@@ -200,12 +200,17 @@ def test_bad_options_raise_and_leave_the_model_unpatched(options, error, message
 
 
 def test_encoder_without_global_blocks_needs_blocks_all(pixels):
-    sam = build_segment_anything(global_blocks=())
-    with pytest.raises(ValueError, match="no global-attention block"):
-        tomesd.apply_patch(sam)
-    tomesd.apply_patch(sam.image_encoder, blocks="all")
+    # windows of 5 on a 16×16 grid: padded windows, and 5×5 windows leave a row and a column outside the
+    # 2×2 cells (they are merged like any other candidate)
+    sam = build_segment_anything(global_blocks=(), window_size=5)
     with torch.no_grad():
-        assert sam.image_encoder(pixels).shape == (2, 32, GRID, GRID)
+        reference = sam.image_encoder(pixels)
+        with pytest.raises(ValueError, match="no global-attention block"):
+            tomesd.apply_patch(sam)
+        tomesd.apply_patch(sam.image_encoder, blocks="all")
+        merged = sam.image_encoder(pixels)
+    assert merged.shape == reference.shape == (2, 32, GRID, GRID)
+    assert torch.isfinite(merged).all() and not torch.equal(merged, reference)
 
 
 def test_families_do_not_claim_each_other():

@@ -231,3 +231,9 @@ def test_merge_sources_needs_trace_source():
         tome_timm.merge_sources(model)
     with pytest.raises(ValueError, match="not patched"):
         tome_timm.merge_sources(build("vit"))
+
+
+def test_an_attention_mask_is_refused_while_merging(images):
+    model = tomesd.apply_patch(build("vit"), r=1)
+    with pytest.raises(ValueError, match="cannot take attn_mask"):
+        model(images, attn_mask=torch.zeros(1, 1, 17, 17))

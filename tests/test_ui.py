@@ -41,7 +41,7 @@ def test_compare_ratios_times_every_ratio_and_measures_differences(tmp_path):
     pipe = tiny.sd_pipeline(tmp_path)
     pipe.set_progress_bar_config(disable=True)
     stages = []
-    results = compare_ratios(pipe, GenerationSettings("a cat", steps=2, width=32, height=32), seed=1,
+    results = compare_ratios(pipe, GenerationSettings("a cat", steps=1, width=32, height=32), seed=1,
                              ratios=[0.5], repeats=2, on_step=lambda stage, step, total: stages.append(stage))
     assert not tomesd.is_patched(pipe)
     assert [r.ratio for r in results] == [0.0, 0.5]
@@ -51,7 +51,7 @@ def test_compare_ratios_times_every_ratio_and_measures_differences(tmp_path):
     assert merged.psnr < math.inf and np.asarray(merged.diff_map).any()
     assert merged.speedup == pytest.approx(base.seconds / merged.seconds)
     assert stages[:2] == ["warm-up, ratio 0"] * 1 + ["warm-up, ratio 0.5"]  # one step each
-    assert stages.count("ratio 0.5, run 2/2") == 2
+    assert stages.count("ratio 0.5, run 2/2") == 1  # one call per step; steps=1
     table = results_table(results)
     assert "| 0 |" in table and "| 0.5 |" in table and "1.00x" in table and "| inf |" in table
     assert "ratio 0.5" in merged.caption and "it/s" in merged.caption

@@ -1,0 +1,235 @@
+"""Train the demo text-to-image pipeline from scratch on the procedural shapes set, and ship it.
+
+Three stages, each resumable from its last checkpoint in ``--work``:
+
+1. ``vae``: the autoencoder learns to reconstruct 64-pixel shape images (MSE + a small KL term); its
+   latent scaling factor is then set so that latents have unit standard deviation;
+2. ``unet``: the U-Net and the text encoder learn to denoise 32 x 32 latents (64-pixel images), with 10 %
+   empty captions for classifier-free guidance and an EMA copy of the weights;
+3. ``finetune``: the same at the shipped default size, 64 x 64 latents (128-pixel images).
+
+The EMA weights are written to ``--out`` (default: the shipped ``tomesd/demo_model``) after stages 2 and 3
+as a standard diffusers folder (safetensors). Every batch is drawn from a generator seeded by
+(seed, stage, step), so a run is reproducible and a resumed run continues exactly where it stopped.
+
+Measured on this machine (2 CPU cores shared with other jobs, torch 2.14.1, 2 threads), with the default
+options: see the README section "The demo model" for the command and the measured wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tomesd.demo import DEMO_MODEL_DIR
+from tomesd.demo import model as arch
+from tomesd.demo.shapes import draw, random_scene
+
+STAGES = ("vae", "unet", "finetune")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR, help="shipped pipeline folder to write")
+    parser.add_argument("--work", type=Path, default=Path("outputs/demo_train"), help="checkpoints and logs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    parser.add_argument("--vae-steps", type=int, default=1800)
+    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--finetune-steps", type=int, default=120)
+    parser.add_argument("--batch", type=int, default=8, help="batch size of the vae and unet stages")
+    parser.add_argument("--finetune-batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (unet stage)")
+    parser.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    return parser.parse_args()
+
+
+def batch_images(seed: int, stage: str, step: int, count: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """``count`` training images in [-1, 1] (B, 3, size, size) and their captions, fixed by the arguments."""
+    rng = random.Random(f"{seed}/{stage}/{step}")
+    scenes = [random_scene(rng, "train") for _ in range(count)]
+    pixels = np.stack([np.asarray(draw(s, size, rng)) for s in scenes])  # (B, H, W, 3)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
+    return images, [s.caption for s in scenes]
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    """The torch generator of one step's noise, fixed by the arguments (a stable hash, not ``hash``)."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{stage}/{step}".encode()))
+
+
+class Checkpoints:
+    """Save and resume the state of one stage under ``work/<stage>.pt``."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+
+    def load(self, stage: str) -> dict | None:
+        path = self.work / f"{stage}.pt"
+        return torch.load(path, weights_only=False) if path.exists() else None
+
+    def save(self, stage: str, state: dict) -> None:
+        tmp = self.work / f"{stage}.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.work / f"{stage}.pt")
+
+
+def train_vae(args: argparse.Namespace, ckpt: Checkpoints, log: list) -> torch.nn.Module:
+    """Stage 1: fit the autoencoder, then set its ``scaling_factor`` for unit-variance latents."""
+    vae = arch.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    start = _resume(ckpt.load("vae"), {"vae": vae, "opt": opt})
+    for step in tqdm(range(start, args.vae_steps), desc="vae", initial=start, total=args.vae_steps):
+        images, _ = batch_images(args.seed, "vae", step, args.batch, 64)
+        posterior = vae.encode(images).latent_dist
+        latents = posterior.sample(generator=step_generator(args.seed, "vae", step))
+        recon = vae.decode(latents).sample
+        mse = F.mse_loss(recon, images)
+        loss = mse + 1e-5 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append({"stage": "vae", "step": step, "loss": loss.item(), "mse": mse.item()})
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vae_steps:
+            ckpt.save("vae", {"step": step + 1, "vae": vae.state_dict(), "opt": opt.state_dict()})
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        images, _ = batch_images(args.seed, "vae-scale", 0, 64, 64)
+        std = vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
+
+
+def _resume(state: dict | None, parts: dict) -> int:
+    """Load ``parts`` (name -> module or optimizer) from a checkpoint; return the step to start from."""
+    if state is None:
+        return 0
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    return state["step"]
+
+
+class Denoiser:
+    """The trainable pair (text encoder, U-Net), its optimizer and the EMA copy that is shipped."""
+
+    def __init__(self, tokenizer, lr: float) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = arch.build_text_encoder(tokenizer)
+        self.unet = arch.build_unet()
+        params = list(self.text_encoder.parameters()) + list(self.unet.parameters())
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+        self.ema_text_encoder = copy.deepcopy(self.text_encoder).requires_grad_(False)
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_updates = 0
+
+    def parts(self) -> dict:
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "opt": self.opt,
+                "ema_text_encoder": self.ema_text_encoder, "ema_unet": self.ema_unet}
+
+    def state(self, step: int) -> dict:
+        return {"step": step, "ema_updates": self.ema_updates, **{k: v.state_dict() for k, v in self.parts().items()}}
+
+    def load(self, state: dict | None) -> int:
+        if state is not None:
+            self.ema_updates = state["ema_updates"]
+        return _resume(state, self.parts())
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True,
+                             return_tensors="pt").input_ids  # (B, T)
+        return self.text_encoder(ids)[0]  # (B, T, 64)
+
+    @torch.no_grad()
+    def update_ema(self, max_decay: float = 0.999) -> None:
+        self.ema_updates += 1
+        decay = min(max_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        for ema, live in ((self.ema_text_encoder, self.text_encoder), (self.ema_unet, self.unet)):
+            for e, p in zip(ema.parameters(), live.parameters()):
+                e.lerp_(p, 1 - decay)
+
+
+def train_denoiser(args, stage: str, denoiser: Denoiser, vae, ckpt: Checkpoints, log: list) -> None:
+    """Stages 2 and 3: epsilon-prediction loss on VAE latents, 10 % of captions dropped to ''."""
+    steps, batch, size = {
+        "unet": (args.unet_steps, args.batch, 64),
+        "finetune": (args.finetune_steps, args.finetune_batch, 128),
+    }[stage]
+    peak = args.lr if stage == "unet" else args.lr * 0.3
+    noise_schedule = arch.build_train_scheduler()
+    start = denoiser.load(ckpt.load(stage))
+    bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps)
+    for step in bar:
+        for group in denoiser.opt.param_groups:
+            group["lr"] = peak * min(1.0, (step + 1) / 100)
+        gen = step_generator(args.seed, stage, step)
+        images, captions = batch_images(args.seed, stage, step, batch, size)
+        captions = ["" if random.Random(f"{args.seed}/{stage}/{step}/{i}").random() < 0.1 else c
+                    for i, c in enumerate(captions)]
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample(generator=gen) * vae.config.scaling_factor  # (B, 4, h, w)
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=gen)
+        noisy = noise_schedule.add_noise(latents, noise, t)
+        pred = denoiser.unet(noisy, t, denoiser.encode_text(captions)).sample
+        loss = F.mse_loss(pred, noise)
+        denoiser.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.unet.parameters(), 1.0)
+        denoiser.opt.step()
+        denoiser.update_ema()
+        log.append({"stage": stage, "step": step, "loss": loss.item()})
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
+            ckpt.save(stage, denoiser.state(step + 1))
+
+
+def export(out: Path, vae, denoiser: Denoiser) -> None:
+    """Write the EMA weights as a StableDiffusionPipeline folder (safetensors), without a safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=denoiser.ema_text_encoder, tokenizer=denoiser.tokenizer, unet=denoiser.ema_unet,
+        scheduler=arch.build_sampling_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB)")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    ckpt = Checkpoints(args.work)
+    log: list[dict] = []
+    started = time.perf_counter()
+    vae = train_vae(args, ckpt, log)
+    denoiser = Denoiser(arch.build_tokenizer(), args.lr)
+    for stage in ("unet", "finetune"):
+        if stage not in args.stages:
+            continue
+        if stage == "finetune" and ckpt.load("finetune") is None:
+            denoiser.load({**ckpt.load("unet"), "step": 0})
+        train_denoiser(args, stage, denoiser, vae, ckpt, log)
+        export(args.out, vae, denoiser)
+    elapsed = time.perf_counter() - started
+    with open(args.work / f"log_{int(time.time())}.json", "w") as f:
+        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "seconds": elapsed, "log": log}, f)
+    print(f"done in {elapsed / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
