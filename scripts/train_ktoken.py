@@ -42,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--curriculum-start", type=int, default=None,
                         help="longest context (tokens) admitted at the start; default: no curriculum")
-    parser.add_argument("--ramp-fraction", type=float, default=0.5, help="share of steps until all lengths are admitted")
+    parser.add_argument("--ramp-fraction", type=float, default=0.5,
+                        help="share of steps until all lengths are admitted")
     parser.add_argument("--eval-count", type=int, default=200, help="held-out examples evaluated before and after")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -65,7 +66,10 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    tokenizer = build_tree_tokenizer() if args.task == "tree" else AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    if args.task == "tree":
+        tokenizer = build_tree_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     examples = load_examples(args)
     if len(examples) <= args.eval_count:
@@ -83,7 +87,8 @@ def main() -> None:
     minutes = (time.perf_counter() - began) / 60
     after = accuracy(model, tokenizer, held_out, args.k, encoder)
     save_checkpoint(args.out, encoder, model)
-    summary = {"k": args.k, "steps": args.steps, "train_minutes": minutes, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+    last = losses[-20:]
+    summary = {"k": args.k, "steps": args.steps, "train_minutes": minutes, "final_loss": sum(last) / len(last),
                "accuracy_mean_merge": before, "accuracy_trained": after, "eval_count": len(held_out)}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from tests.llm_models import padded_batch, tiny_llama, tiny_qwen
 from tomesd.llm import compress_prompt, generate_compressed, generate_text
@@ -62,3 +63,15 @@ def test_one_question_per_context():
     model = tiny_qwen(vocab=len(tokenizer))
     with pytest.raises(ValueError, match="2 context\\(s\\) but 1 question"):
         generate_text(model, tokenizer, ["A is the parent of B .", "B is the parent of C ."], ["who ?"], k=2)
+
+
+def test_tokenizer_without_pad_token():
+    """Llama-style tokenizers have no pad token: prompts of different lengths still batch."""
+    with_pad = build_tree_tokenizer()
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=with_pad.backend_tokenizer, eos_token="[EOS]", unk_token="[UNK]")
+    assert no_pad.pad_token is None
+    model = tiny_qwen(vocab=len(with_pad))
+    examples = tree_examples(2, 3, 9, seed=4)
+    args = ([e.context for e in examples], [e.question for e in examples])
+    options = dict(k=2, max_new_tokens=2, do_sample=False, eos_token_id=None)
+    assert generate_text(model, no_pad, *args, **options) == generate_text(model, with_pad, *args, **options)

@@ -16,7 +16,7 @@ from torch import Tensor
 from .compress import compress_prompt
 from .encoder import KTokenEncoder
 
-__all__ = ["generate_compressed", "generate_text", "tokenize_prompts"]
+__all__ = ["generate_compressed", "generate_text", "pad_sequences", "tokenize_prompts"]
 
 
 @torch.no_grad()
@@ -109,11 +109,23 @@ def tokenize_prompts(
         ValueError: the numbers of contexts and questions differ.
     """
     contexts = [context] if isinstance(context, str) else list(context)
-    encoded = dict(tokenizer(contexts, return_tensors="pt", padding=True))
+    encoded = dict(zip(("input_ids", "attention_mask"), pad_sequences(tokenizer(contexts)["input_ids"])))
     if question is not None:
         questions = [question] if isinstance(question, str) else list(question)
         if len(questions) != len(contexts):
             raise ValueError(f"got {len(contexts)} context(s) but {len(questions)} question(s); give one per context")
-        tail = tokenizer(questions, return_tensors="pt", padding=True, add_special_tokens=False)
-        encoded["tail_ids"], encoded["tail_mask"] = tail["input_ids"], tail["attention_mask"]
+        tail = tokenizer(questions, add_special_tokens=False)["input_ids"]
+        encoded["tail_ids"], encoded["tail_mask"] = pad_sequences(tail)
     return encoded
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], value: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad lists of ids (or labels) with ``value`` into (B, N) and the (B, N) mask of real entries.
+
+    Padding here, not in the tokenizer, works for tokenizers without a pad token (e.g. Llama's); the pad
+    value never reaches the model, since the mask excludes it.
+    """
+    width = max(map(len, sequences))
+    ids = torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+    return ids, mask

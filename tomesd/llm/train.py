@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .compress import IGNORE_INDEX, compress_prompt
 from .encoder import KTokenEncoder
-from .generate import generate_text, tokenize_prompts
+from .generate import generate_text, pad_sequences, tokenize_prompts
 from .task import QAExample
 
 __all__ = [
@@ -46,17 +46,14 @@ def encode_training_batch(tokenizer: Any, examples: Sequence[QAExample]) -> dict
     """Token tensors for :func:`answer_loss`: contexts as :func:`~tomesd.llm.generate.tokenize_prompts`
     makes them, and tails ``question answer <eos>`` right-padded, labelled on ``answer <eos>`` only."""
     batch = tokenize_prompts(tokenizer, [e.context for e in examples])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tails, labels = [], []
     for example in examples:
         question = tokenizer(example.question, add_special_tokens=False)["input_ids"]
         answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         tails.append(question + answer)
         labels.append([IGNORE_INDEX] * len(question) + answer)
-    width = max(map(len, tails))
-    batch["tail_ids"] = torch.tensor([t + [pad_id] * (width - len(t)) for t in tails])
-    batch["tail_mask"] = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
-    batch["tail_labels"] = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for l in labels])
+    batch["tail_ids"], batch["tail_mask"] = pad_sequences(tails)
+    batch["tail_labels"] = pad_sequences(labels, IGNORE_INDEX)[0]
     return batch
 
 
