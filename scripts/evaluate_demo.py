@@ -134,9 +134,9 @@ def _markdown(rows: list[dict], chance: float, per_attribute: dict[str, float], 
         "| --- | --- | --- | --- |",
     ]
     for row in rows:
-        same = row["ratio"] == 0
-        lines.append(f"| {row['ratio']:g} | {row['adherence']:.3f} | {'inf' if same else f'{row['psnr']:.2f}'} "
-                     f"| {'1' if same else f'{row['ssim']:.3f}'} |")
+        psnr_text = "inf" if row["ratio"] == 0 else f"{row['psnr']:.2f}"
+        ssim_text = "1" if row["ratio"] == 0 else f"{row['ssim']:.3f}"
+        lines.append(f"| {row['ratio']:g} | {row['adherence']:.3f} | {psnr_text} | {ssim_text} |")
     lines += ["", f"chance (images scored against other images' prompts): {chance:.3f}",
               "per attribute at ratio 0: " + ", ".join(f"{k} {v:.3f}" for k, v in per_attribute.items())]
     return "\n".join(lines) + "\n"
