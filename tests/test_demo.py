@@ -127,7 +127,7 @@ def test_token_merging_changes_the_demo_image_and_removal_restores_it_exactly(pi
     assert np.array_equal(reference, _tiny(pipe, "a red circle", seed=3))
 
 
-def test_load_pipeline_rejects_a_non_dtype(monkeypatch):
+def test_load_pipeline_rejects_a_non_dtype():
     with pytest.raises(TypeError, match="dtype"):
         load_pipeline(dtype="float32")
 
