@@ -69,13 +69,14 @@ def save_grid(path: Path, rows: list[list[np.ndarray]], titles: list[list[str]])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_rows, n_cols = len(rows), len(rows[0])
+    n_rows, n_cols = len(rows), max(len(row) for row in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.5 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")  # also the cells a short last row leaves empty
     for r, (images, names) in enumerate(zip(rows, titles)):
         for c, (image, name) in enumerate(zip(images, names)):
             axes[r][c].imshow(image)
             axes[r][c].set_title(name, fontsize=7, wrap=True)
-            axes[r][c].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
