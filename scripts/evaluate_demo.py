@@ -69,13 +69,14 @@ def save_grid(path: Path, rows: list[list[np.ndarray]], titles: list[list[str]])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_rows, n_cols = len(rows), len(rows[0])
+    n_rows, n_cols = len(rows), max(len(row) for row in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.5 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")  # also the cells a short last row leaves empty
     for r, (images, names) in enumerate(zip(rows, titles)):
         for c, (image, name) in enumerate(zip(images, names)):
             axes[r][c].imshow(image)
             axes[r][c].set_title(name, fontsize=7, wrap=True)
-            axes[r][c].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -134,9 +135,9 @@ def _markdown(rows: list[dict], chance: float, per_attribute: dict[str, float], 
         "| --- | --- | --- | --- |",
     ]
     for row in rows:
-        same = row["ratio"] == 0
-        lines.append(f"| {row['ratio']:g} | {row['adherence']:.3f} | {'inf' if same else f'{row['psnr']:.2f}'} "
-                     f"| {'1' if same else f'{row['ssim']:.3f}'} |")
+        psnr_text = "inf" if row["ratio"] == 0 else f"{row['psnr']:.2f}"
+        ssim_text = "1" if row["ratio"] == 0 else f"{row['ssim']:.3f}"
+        lines.append(f"| {row['ratio']:g} | {row['adherence']:.3f} | {psnr_text} | {ssim_text} |")
     lines += ["", f"chance (images scored against other images' prompts): {chance:.3f}",
               "per attribute at ratio 0: " + ", ".join(f"{k} {v:.3f}" for k, v in per_attribute.items())]
     return "\n".join(lines) + "\n"

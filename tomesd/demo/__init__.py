@@ -34,7 +34,8 @@ DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
 #: Classifier-free guidance scale.
 DEFAULT_GUIDANCE = 5.0
-#: Prompts the model draws well (all four attributes of each are detected in the README's samples).
+#: Prompts in the model's caption grammar, covering its colours, shapes and sizes. The shipped weights are
+#: undertrained and do not draw them reliably yet (see the README's model card for the measured adherence).
 EXAMPLE_PROMPTS = [
     "a red circle",
     "a large blue square on a yellow background",
