@@ -35,13 +35,6 @@ __all__ = [
 ]
 
 
-def _take(x: Tensor, idx: Tensor) -> Tensor:
-    """Token rows of ``x`` (B, N, C) at ``idx``: (n,) shared by the batch, or (B, n) per sample."""
-    if idx.dim() == 1:
-        return x.index_select(1, idx)
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 @dataclass(frozen=True)
 class MergePlan:
     """The result of one matching: merge ``r`` tokens of a (B, N, ·) sequence, or undo it.
@@ -142,7 +135,7 @@ def _match(
     r = max(0, min(r, allowed))
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
-        src, dst = _take(metric, src_idx), _take(metric, dst_idx)  # (B, Na, C), (B, Nb, C)
+        src, dst = metric.index_select(1, src_idx), metric.index_select(1, dst_idx)  # (B, Na, C), (B, Nb, C)
         if local_target is None:
             best, target = (src @ dst.transpose(-1, -2)).max(dim=-1)  # (B, Na)
         else:
@@ -263,21 +256,19 @@ def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None = None) -> tuple[
     return x / size, size
 
 
-def merge_source(plan: MergePlan, source: Tensor | None, num_tokens: int | None = None) -> Tensor:
+def merge_source(plan: MergePlan, source: Tensor | None) -> Tensor:
     """Trace which original tokens each merged token holds.
 
     Args:
         plan: the merge being applied.
         source: (B, N, N0) 0/1 membership of the current tokens in the N0 original ones, or ``None`` at
             the first merge (identity over N tokens).
-        num_tokens: unused unless ``source`` is None, in which case it defaults to the plan's N.
 
     Returns:
         (B, N - r, N0) membership after the merge.
     """
     if source is None:
-        batch = plan.unm.shape[0]
-        n = num_tokens or plan.num_tokens
+        batch, n = plan.unm.shape[0], plan.num_tokens
         source = torch.eye(n, device=plan.src_idx.device).expand(batch, n, n)
     return plan.merge(source, mode="amax")
 
