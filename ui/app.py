@@ -78,15 +78,17 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
     defaults = default_settings(model)
     options = patch_option_defaults()
     cache = ModelCache(device, dtype)
-    cancel = threading.Event()
-    busy = threading.Lock()  # a cancelled run finishes its current step before the next run starts
+    # Sessions whose user pressed Stop: their run raises Cancelled after its current step and says so.
+    cancel_requests: set[str | None] = set()
+    # One generation at a time, also when a run outlives its page (a closed tab): the pipeline is shared.
+    # Held only between yields, so a generator Gradio abandons can never keep it.
+    busy = threading.Lock()
 
-    def run(model_source: str, prompt: str, negative: str, seed: float, steps: float, guidance: float,
-            width: float, height: float, ratios: list[float], repeats: float, *option_values: Any,
-            progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+    def compare(session: str | None, model_source: str, prompt: str, negative: str, seed: float, steps: float,
+                guidance: float, width: float, height: float, ratios: list[float], repeats: float,
+                option_values: tuple, progress: gr.Progress) -> tuple:
+        """Run one comparison and return the outputs: results, or a status saying why there are none."""
         with busy:
-            cancel.clear()
-            yield _outputs(status="Working…")
             try:
                 settings = GenerationSettings(prompt, negative, _whole(steps, "steps"), float(guidance),
                                               _whole(width, "width"), _whole(height, "height"))
@@ -98,28 +100,35 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
                 pipe = cache.get(model_source)
 
                 def on_step(stage: str, step: int, total: int) -> None:
-                    if cancel.is_set():
+                    if session in cancel_requests:
                         raise Cancelled
                     progress((step, total), desc=stage)
 
                 results = compare_ratios(pipe, settings, _whole(seed, "seed"), ratios, patch_options,
                                          _whole(repeats, "repeats"), on_step=on_step)
             except Cancelled:
-                yield _outputs(status="Cancelled.")
-                return
+                return _outputs(status="Cancelled.")
             except Exception as error:  # shown in the page; the app keeps serving
-                yield _outputs(status=f"**Error:** {error}")
-                return
-            yield _outputs(
-                gallery=[(r.image, r.caption) for r in results],
-                diffs=[(r.diff_map, f"ratio {r.ratio:g}: |difference| x4 vs ratio 0") for r in results],
-                table=results_table(results),
-                chart=speed_chart(results),
-                status=f"Done: {len(results)} ratios, {int(repeats)} timed run(s) each, medians shown.",
-            )
+                return _outputs(status=f"**Error:** {error}")
+        return _outputs(
+            gallery=[(r.image, r.caption) for r in results],
+            diffs=[(r.diff_map, f"ratio {r.ratio:g}: |difference| x4 vs ratio 0") for r in results],
+            table=results_table(results),
+            chart=speed_chart(results),
+            status=f"Done: {len(results)} ratios, {int(repeats)} timed run(s) each, medians shown.",
+        )
 
-    def request_cancel() -> str:
-        cancel.set()
+    # ``request`` comes first: Gradio injects it only as a positional parameter, and the options are ``*args``.
+    def run(request: gr.Request, model_source: str, prompt: str, negative: str, seed: float, steps: float,
+            guidance: float, width: float, height: float, ratios: list[float], repeats: float, *option_values: Any,
+            progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        cancel_requests.discard(request.session_hash)  # a Stop pressed before this run does not cancel it
+        yield _outputs(status="Working…")
+        yield compare(request.session_hash, model_source, prompt, negative, seed, steps, guidance, width, height,
+                      ratios, repeats, option_values, progress)
+
+    def request_cancel(request: gr.Request) -> str:
+        cancel_requests.add(request.session_hash)
         return "Cancelling after the current step…"
 
     with gr.Blocks(title="tomesd A/B") as app:
@@ -156,8 +165,10 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
                                    format="png")
         gr.Examples([[p] for p in defaults["prompts"]], inputs=[prompt])
         inputs = [model_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats, *option_controls]
-        run_event = run_button.click(run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1)
-        stop_button.click(request_cancel, None, status, cancels=[run_event], queue=False)
+        run_button.click(run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1)
+        # Outside the queue, so it acts while a run holds the queue's one slot. Not Gradio's ``cancels``: that
+        # drops the run's outputs at once while its step goes on; the run itself reports "Cancelled." instead.
+        stop_button.click(request_cancel, None, status, queue=False)
     return app
 
 
