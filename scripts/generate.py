@@ -254,6 +254,7 @@ def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.
         "width": config["width"],
         "height": config["height"],
         "model": config["model"],
+        "config": config["config"],
         "seconds": round(generation.run.seconds, 4),
         "denoise_seconds": round(generation.run.denoise_seconds, 4),
         "its": round(generation.run.its, 4),
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output folder (images, logs, summary)")
     parser.add_argument("--model", default=DEMO, help="'demo' (default), a diffusers folder, a .safetensors "
                         "file or a model id")
+    parser.add_argument("--config", help="for a single .safetensors --model: a diffusers folder or model id with "
+                        "its architecture's configs and tokenizer (default: its base model, from the hub or cache)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's usual)")
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the model's usual)")
     parser.add_argument("--width", type=int, help="pixels, multiple of 8 (default: the model's usual)")
@@ -356,6 +359,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Job], d
         defaults = default_settings(args.model)
         config = {
             "model": args.model,
+            "config": args.config,
             "steps": args.steps or defaults["steps"],
             "guidance": defaults["guidance"] if args.guidance is None else args.guidance,
             "width": args.width or defaults["size"],
@@ -397,7 +401,8 @@ def generate_share(args: argparse.Namespace, config: dict[str, Any], jobs: list[
     if not jobs:
         return 0
     placement = {"offload": args.offload, "attention": args.attention}
-    pipe = load_pipeline(args.model, device=args.device or state.device, dtype=args.dtype, **placement)
+    pipe = load_pipeline(args.model, device=args.device or state.device, dtype=args.dtype, config=args.config,
+                         **placement)
 
     def settings_for(job: Job, steps: int | None = None) -> GenerationSettings:
         return GenerationSettings(job.prompt, job.negative_prompt, steps or config["steps"], config["guidance"],

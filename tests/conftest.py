@@ -23,3 +23,15 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = root / "tiny-sd"
     tiny.sd_pipeline(root / "tokenizer").save_pretrained(path, safe_serialization=True)
     return path
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline hub with an empty cache, as on a machine that never downloaded anything."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

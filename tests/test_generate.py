@@ -214,3 +214,20 @@ def test_a_log_line_cut_by_a_hard_kill_costs_only_itself(tmp_path):
 def test_a_model_that_cannot_be_loaded_is_reported(tmp_path, capsys):
     assert gen.main(_args(tmp_path / "no-model", tmp_path / "run", "--prompt", "a")) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_single_safetensors_model_runs_with_config_and_says_so_without(tiny_pipeline_dir, tmp_path, capsys,
+                                                                         empty_hub_cache):
+    import ldm_checkpoint
+    from safetensors.torch import save_file
+
+    from tomesd.loading import load_pipeline
+
+    path = tmp_path / "community-model.safetensors"
+    save_file(ldm_checkpoint.ldm_state_dict(load_pipeline(tiny_pipeline_dir)), str(path))
+    assert gen.main(_args(path, tmp_path / "run", "--prompt", "a", "--ratios", "0", "--no-warmup")) == 2
+    assert "Pass config= (--config" in capsys.readouterr().err  # offline, nothing cached
+    out = tmp_path / "with-config"
+    assert gen.main(_args(path, out, "--config", str(tiny_pipeline_dir), "--prompt", "a", "--ratios", "0",
+                          "--no-warmup")) == 0
+    assert [r["config"] for r in _log_lines(out)] == [str(tiny_pipeline_dir)] and len(_images(out)) == 1

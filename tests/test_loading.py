@@ -50,13 +50,42 @@ def test_config_only_applies_to_single_files(tiny_pipeline_dir):
         load_pipeline(tiny_pipeline_dir, config=tiny_pipeline_dir)
 
 
-def test_loads_a_single_safetensors_checkpoint_in_the_original_layout(tiny_pipeline_dir, tmp_path):
+BASE_V1 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # diffusers' base model for SD 1.x single files
+
+
+def _cache_configs(cache, repo: str, folder) -> None:
+    """Put ``folder``'s configs and tokenizer files (no weights) into ``cache`` as the hub's ``repo``, the
+    way ``hf download repo --include '*.json' '*.txt'`` leaves them."""
+    import shutil
+
+    commit = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for file in folder.rglob("*"):
+        if file.suffix in (".json", ".txt"):
+            target = root / "snapshots" / commit / file.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(file, target)
+
+
+def _ldm_file(pipe, tmp_path):
     import ldm_checkpoint
 
-    folder_pipe = load_pipeline(tiny_pipeline_dir)
     path = tmp_path / "community-model.safetensors"
-    save_file(ldm_checkpoint.ldm_state_dict(folder_pipe), str(path))
-    pipe = load_pipeline(path, config=tiny_pipeline_dir)  # offline: configs from the folder, weights from the file
+    save_file(ldm_checkpoint.ldm_state_dict(pipe), str(path))
+    return path
+
+
+@pytest.mark.parametrize("configs", ["config-folder", "cached-base-model"])
+def test_loads_a_single_safetensors_checkpoint_offline(tiny_pipeline_dir, tmp_path, empty_hub_cache, configs):
+    folder_pipe = load_pipeline(tiny_pipeline_dir)
+    path = _ldm_file(folder_pipe, tmp_path)
+    if configs == "config-folder":
+        pipe = load_pipeline(path, config=tiny_pipeline_dir)  # configs from the folder, weights from the file
+    else:  # just the file: diffusers recognises SD 1.x and finds its base model's configs in the cache
+        _cache_configs(empty_hub_cache, BASE_V1, tiny_pipeline_dir)
+        pipe = load_pipeline(path)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     for name in ("unet", "vae", "text_encoder"):
         expected, loaded = getattr(folder_pipe, name).state_dict(), getattr(pipe, name).state_dict()
@@ -64,14 +93,33 @@ def test_loads_a_single_safetensors_checkpoint_in_the_original_layout(tiny_pipel
         assert all(torch.equal(expected[k], loaded[k].reshape(expected[k].shape)) for k in expected), name
 
 
-@pytest.mark.parametrize("xl", [False, True])
-def test_single_file_architecture_is_recognised_from_its_keys(tmp_path, xl):
-    from tomesd.loading import _single_file_pipeline_class
+def test_a_single_file_without_configs_offline_says_what_to_pass(tiny_pipeline_dir, tmp_path, empty_hub_cache):
+    path = _ldm_file(load_pipeline(tiny_pipeline_dir), tmp_path)
+    with pytest.raises(ValueError, match="Pass config=") as error:
+        load_pipeline(path)
+    message = str(error.value)
+    assert str(path) in message and BASE_V1 in message and f"hf download {BASE_V1}" in message
 
-    key = "conditioner.embedders.1.model.ln_final.weight" if xl else "cond_stage_model.transformer.x.weight"
+
+@pytest.mark.parametrize(
+    "model_type, pipeline",
+    [("v1", "StableDiffusionPipeline"), ("xl_base", "StableDiffusionXLPipeline"), ("sd3", None)],
+)
+def test_single_file_architecture_is_recognised_from_its_keys(tmp_path, model_type, pipeline):
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    from tomesd.loading import _single_file_architecture
+
+    keys = {"v1": ["model.diffusion_model.out.0.weight"], "xl_base": [CHECKPOINT_KEY_NAMES["xl_base"]],
+            "sd3": [CHECKPOINT_KEY_NAMES["sd3"][0], "model.diffusion_model.pos_embed"]}[model_type]
+    shapes = {CHECKPOINT_KEY_NAMES["sd3"][0]: (1, 9216), "model.diffusion_model.pos_embed": (1, 36864, 1)}
     path = tmp_path / "model.safetensors"
-    save_file({key: torch.zeros(1), "model.diffusion_model.out.0.weight": torch.zeros(1)}, str(path))
-    assert _single_file_pipeline_class(path).__name__ == ("StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline")
+    save_file({key: torch.zeros(shapes.get(key, (1,))) for key in keys}, str(path))
+    if pipeline is None:
+        with pytest.raises(ValueError, match="'sd3' checkpoint; single files load here as Stable Diffusion"):
+            _single_file_architecture(path)
+    else:
+        assert _single_file_architecture(path)[0] == pipeline
 
 
 def test_parse_dtype():

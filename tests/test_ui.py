@@ -73,10 +73,11 @@ class App:
 
 
 @pytest.fixture(scope="module")
-def app():
-    """``python -m ui`` as a user starts it: the embedded demo model, default host."""
+def app(tmp_path_factory):
+    """``python -m ui`` as a user starts it: the embedded demo model, default host; offline, empty hub cache."""
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT),
+           "HF_HUB_CACHE": str(tmp_path_factory.mktemp("hub-cache"))}
     process = subprocess.Popen([sys.executable, "-m", "ui", "--port", str(port)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -185,4 +186,22 @@ def test_a_long_comparison_can_be_cancelled_and_the_next_one_runs(page):
     _tiny_settings(page, steps=1)
     page.click("#run")
     assert "Done" in _status(page, "Done", timeout=60_000)
+    assert page.locator("#gallery img").count() == 4
+
+
+def test_a_single_file_model_asks_for_its_configs_then_runs_with_them(page, tiny_pipeline_dir, tmp_path):
+    import ldm_checkpoint
+    from safetensors.torch import save_file
+
+    from tomesd.loading import load_pipeline
+
+    path = tmp_path / "community-model.safetensors"
+    save_file(ldm_checkpoint.ldm_state_dict(load_pipeline(tiny_pipeline_dir)), str(path))
+    _tiny_settings(page, steps=1)
+    _set(page, "model", str(path))
+    page.click("#run")
+    assert "Pass config=" in _status(page, "Error", timeout=60_000)  # offline, nothing cached: says what to pass
+    _set(page, "config", str(tiny_pipeline_dir))
+    page.click("#run")
+    _status(page, "Done", timeout=60_000)
     assert page.locator("#gallery img").count() == 4

@@ -4,7 +4,8 @@ A *model source* is one of:
 
 * ``"demo"`` (or ``None``): the embedded demo model, works offline (:func:`tomesd.demo.load_pipeline`);
 * a local folder in diffusers format (``model_index.json`` inside), e.g. written by ``save_pretrained``;
-* a single ``.safetensors`` checkpoint in the original Stable Diffusion layout (SD 1.x/2.x/XL);
+* a single ``.safetensors`` checkpoint in the original Stable Diffusion layout (SD 1.x/2.x/XL); it holds
+  weights only, the configs and tokenizer come from ``config=`` or its base model (hub or local cache);
 * a Hugging Face model id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs the hub or its cache).
 
 Weights are read from safetensors only (no pickle), and remote code is never trusted.
@@ -31,8 +32,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 _MODEL_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Usual Stable Diffusion settings for user models; the demo model brings its own.
 USER_MODEL_DEFAULTS = {"size": 512, "steps": 25, "guidance": 7.5, "prompts": ["a photo of an astronaut riding a horse"]}
-# A key only SD XL checkpoints have: its second text encoder (OpenCLIP ViT-bigG).
-_SDXL_KEY_PREFIX = "conditioner.embedders.1."
+# Architectures of single-file checkpoints (as diffusers' ``infer_diffusers_model_type`` names them) that load
+# as a text-to-image pipeline with a U-Net, and that pipeline's class.
+_SINGLE_FILE_PIPELINES = {
+    "v1": "StableDiffusionPipeline",
+    "v2": "StableDiffusionPipeline",
+    "xl_base": "StableDiffusionXLPipeline",
+    "playground-v2-5": "StableDiffusionXLPipeline",
+}
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -83,8 +90,10 @@ def load_pipeline(
             (see the module docstring).
         device: where the pipeline runs, e.g. ``"cpu"`` or ``"cuda:0"``.
         dtype: weights and activations dtype, a ``torch.dtype`` or its name.
-        config: for a single-file checkpoint only, a diffusers folder or model id with the matching
-            configs (needed offline: without it diffusers fetches the configs from the hub).
+        config: for a single-file checkpoint only: a diffusers folder or model id whose configs and tokenizer
+            match the file's architecture. Without it, diffusers takes them from the base model it recognises
+            (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``): from the hub, or offline from the local
+            Hugging Face cache; if they are in neither, a ``ValueError`` says what to pass.
         offload: one of :data:`OFFLOAD`; ``"model"``/``"sequential"`` need a GPU ``device``.
         attention: one of :data:`ATTENTION`.
 
@@ -92,8 +101,10 @@ def load_pipeline(
         The pipeline, with its own progress bar disabled (callers show theirs).
 
     Raises:
-        ValueError: the source does not exist, is not safetensors, is not a U-Net diffusion pipeline,
-            ``config`` is given for a folder/model id, or ``offload``/``attention`` is unknown or needs a GPU.
+        ValueError: the source does not exist, is not safetensors, is not a U-Net diffusion pipeline (a
+            single file: not SD 1.x/2.x/XL), a single file's configs are unavailable (offline without
+            ``config`` or cache), ``config`` is given for a folder/model id, or ``offload``/``attention`` is
+            unknown or needs a GPU.
     """
     dtype = parse_dtype(dtype)
     _check_placement(torch.device(device), offload, attention)
@@ -157,9 +168,7 @@ def _load_user_pipeline(source: str, dtype: torch.dtype, config: str | Path | No
                 f"{source!r} is not a .safetensors file; other checkpoint formats (.ckpt, .bin, .pt) can run "
                 "arbitrary code when loaded and are refused"
             )
-        pipeline_class = _single_file_pipeline_class(path)
-        kwargs = {} if config is None else {"config": str(config)}
-        return pipeline_class.from_single_file(str(path), dtype=dtype, **kwargs)
+        return _load_single_file(path, dtype, config)
     if source.endswith(".safetensors") or not _MODEL_ID.match(source):
         raise ValueError(
             f"model {source!r} not found: expected 'demo', an existing diffusers folder, an existing "
@@ -168,11 +177,44 @@ def _load_user_pipeline(source: str, dtype: torch.dtype, config: str | Path | No
     return DiffusionPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False)
 
 
-def _single_file_pipeline_class(path: Path) -> type:
-    """StableDiffusionXLPipeline for an SD XL checkpoint, else StableDiffusionPipeline (SD 1.x/2.x)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | Path | None) -> Any:
+    """A single-file checkpoint: weights from the file, configs and tokenizer from ``config`` or, without it,
+    from its base model on the hub (or the local Hugging Face cache, offline)."""
+    import diffusers
+
+    pipeline_class, base = _single_file_architecture(path)
+    pipeline_class = getattr(diffusers, pipeline_class)
+    if config is not None:
+        return pipeline_class.from_single_file(str(path), dtype=dtype, config=str(config))
+    try:
+        return pipeline_class.from_single_file(str(path), dtype=dtype)
+    except OSError as error:  # the base model's configs are neither in the cache nor downloadable
+        raise ValueError(
+            f"{str(path)!r} holds weights only: diffusers takes the configs and tokenizer of its architecture "
+            f"from its base model {base!r}, which is neither in the local Hugging Face cache nor downloadable "
+            f"({type(error).__name__}). Pass config= (--config for the app and scripts/generate.py): a local "
+            f"diffusers folder of the same architecture (model_index.json with unet/, vae/, text_encoder/, "
+            f"tokenizer/, scheduler/; its weights are not used), or fetch the base model's configs once while "
+            f"online: hf download {base} --include '*.json' '*.txt'"
+        ) from error
+
+
+def _single_file_architecture(path: Path) -> tuple[str, str]:
+    """The pipeline class name and diffusers' base model id for a single-file checkpoint, recognised the way
+    diffusers does it (from key names and shapes, read from the header without loading a weight).
+
+    Raises:
+        ValueError: the checkpoint is not a Stable Diffusion 1.x/2.x/XL text-to-image model.
+    """
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, infer_diffusers_model_type
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as checkpoint:
-        is_xl = any(key.startswith(_SDXL_KEY_PREFIX) for key in checkpoint.keys())
-    return StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+        shapes = {key: torch.empty(checkpoint.get_slice(key).get_shape(), device="meta") for key in checkpoint.keys()}
+    model_type = infer_diffusers_model_type(shapes)
+    if model_type not in _SINGLE_FILE_PIPELINES:
+        raise ValueError(
+            f"{str(path)!r} is a {model_type!r} checkpoint; single files load here as Stable Diffusion "
+            f"text-to-image models only: {', '.join(_SINGLE_FILE_PIPELINES)}"
+        )
+    return _SINGLE_FILE_PIPELINES[model_type], fetch_diffusers_config(shapes)["pretrained_model_name_or_path"]

@@ -29,16 +29,17 @@ class ModelCache:
     def __init__(self, device: str, dtype: str) -> None:
         self.device = device
         self.dtype = dtype
-        self._source: str | None = None
+        self._source: tuple[str, str | None] | None = None
         self._pipe: Any = None
 
-    def get(self, source: str) -> Any:
-        """The pipeline for ``source`` (see :func:`tomesd.loading.load_pipeline`), loaded on first use."""
-        source = source.strip() or DEMO
-        if source != self._source:
+    def get(self, source: str, config: str = "") -> Any:
+        """The pipeline for ``source`` (and, for a single file, ``config``; see
+        :func:`tomesd.loading.load_pipeline`), loaded on first use."""
+        wanted = (source.strip() or DEMO, config.strip() or None)
+        if wanted != self._source:
             self._pipe, self._source = None, None  # free the previous model before loading the next
-            self._pipe = load_pipeline(source, device=self.device, dtype=self.dtype)
-            self._source = source
+            self._pipe = load_pipeline(wanted[0], device=self.device, dtype=self.dtype, config=wanted[1])
+            self._source = wanted
         return self._pipe
 
 
@@ -64,13 +65,14 @@ def _option_value(name: str, default: Any, value: Any) -> Any:
     return value
 
 
-def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") -> gr.Blocks:
+def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", config: str | None = None) -> gr.Blocks:
     """The app's page and its handlers.
 
     Args:
         model: the model source shown (and loaded) by default; see :func:`tomesd.loading.load_pipeline`.
         device: where generations run.
         dtype: weights dtype name ("float32", "float16", "bfloat16").
+        config: for a single ``.safetensors`` model, its configs (see :func:`tomesd.loading.load_pipeline`).
 
     Returns:
         The Gradio Blocks; call ``.queue(default_concurrency_limit=1).launch(...)`` (``python -m ui`` does).
@@ -84,10 +86,11 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
     # Held only between yields, so a generator Gradio abandons can never keep it.
     busy = threading.Lock()
 
-    def compare(session: str | None, model_source: str, prompt: str, negative: str, seed: float, steps: float,
-                guidance: float, width: float, height: float, ratios: list[float], repeats: float,
-                option_values: tuple, progress: gr.Progress) -> tuple:
-        """Run one comparison and return the outputs: results, or a status saying why there are none."""
+    def compare(session: str | None, values: tuple, progress: gr.Progress) -> tuple:
+        """Run one comparison on the page's input ``values`` (in the order of ``inputs`` below) and return the
+        outputs: results, or a status saying why there are none."""
+        (model_source, model_config, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
+         *option_values) = values
         with busy:
             try:
                 settings = GenerationSettings(prompt, negative, _whole(steps, "steps"), float(guidance),
@@ -97,7 +100,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
                     for (name, default), value in zip(options.items(), option_values)
                 }
                 progress(0, desc=f"loading model {model_source or DEMO}")
-                pipe = cache.get(model_source)
+                pipe = cache.get(model_source, model_config)
 
                 def on_step(stage: str, step: int, total: int) -> None:
                     if session in cancel_requests:
@@ -118,14 +121,11 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
             status=f"Done: {len(results)} ratios, {int(repeats)} timed run(s) each, medians shown.",
         )
 
-    # ``request`` comes first: Gradio injects it only as a positional parameter, and the options are ``*args``.
-    def run(request: gr.Request, model_source: str, prompt: str, negative: str, seed: float, steps: float,
-            guidance: float, width: float, height: float, ratios: list[float], repeats: float, *option_values: Any,
-            progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+    # ``request`` comes first: Gradio injects it only as a positional parameter.
+    def run(request: gr.Request, *values: Any, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
         cancel_requests.discard(request.session_hash)  # a Stop pressed before this run does not cancel it
         yield _outputs(status="Working…")
-        yield compare(request.session_hash, model_source, prompt, negative, seed, steps, guidance, width, height,
-                      ratios, repeats, option_values, progress)
+        yield compare(request.session_hash, values, progress)
 
     def request_cancel(request: gr.Request) -> str:
         cancel_requests.add(request.session_hash)
@@ -137,6 +137,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
             with gr.Column(scale=1):
                 model_box = gr.Textbox(value=model, label="model: 'demo', a diffusers folder, a .safetensors "
                                        "file or a model id", elem_id="model")
+                config_box = gr.Textbox(value=config or "", label="configs for a .safetensors file (optional): a "
+                                        "diffusers folder or model id of its architecture", elem_id="config")
                 prompt = gr.Textbox(value=defaults["prompts"][0], label="prompt", lines=2, elem_id="prompt")
                 negative = gr.Textbox(value="", label="negative prompt", elem_id="negative")
                 with gr.Row():
@@ -164,7 +166,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32") ->
                 diffs = gr.Gallery(label="difference from ratio 0", columns=4, height="auto", elem_id="diffs",
                                    format="png")
         gr.Examples([[p] for p in defaults["prompts"]], inputs=[prompt])
-        inputs = [model_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats, *option_controls]
+        inputs = [model_box, config_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats, *option_controls]
         run_button.click(run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1)
         # Outside the queue, so it acts while a run holds the queue's one slot. Not Gradio's ``cancels``: that
         # drops the run's outputs at once while its step goes on; the run itself reports "Cancelled." instead.
