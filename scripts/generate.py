@@ -34,7 +34,7 @@ import torch
 
 import tomesd
 from tomesd.compare import GenerationSettings, check_ratio, generate, patch_option_defaults
-from tomesd.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, default_settings, load_pipeline
+from tomesd.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, check_placement, default_settings, load_pipeline
 from tomesd.timing import execution_device
 
 RUN_FILE = "run.json"
@@ -455,10 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.accelerator.is_available()))
     stop = StopOnInterrupt()
     try:
+        check_placement(args.device or state.device, args.offload, args.attention)  # before --out is touched
         pending = prepare_output(state, args.out, config, jobs)
         with state.split_between_processes(pending) as my_jobs:
             done = generate_share(args, config, my_jobs, state, stop)
-    except (ValueError, OSError) as error:  # settings of an existing --out, or a model that cannot be loaded
+    except (ValueError, OSError) as error:  # placement, settings of an existing --out, or a model that cannot load
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -178,26 +179,112 @@ def test_interrupted_run_leaves_complete_files_and_resume_finishes_each_image_on
 
 # ---------------------------------------------------------------- several processes (accelerate)
 
-ACCELERATE = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517")
+def _accelerate(processes: int = 2) -> tuple[str, ...]:
+    """``accelerate launch`` for ``processes`` CPU processes over gloo (``--multi_gpu`` picks its torchrun
+    launcher; without a GPU the script runs each process on the CPU), on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port))
 
 
-def test_two_processes_split_the_jobs_and_one_summary_covers_both(tiny_pipeline_dir, tmp_path):
+DEMO_PROMPTS = '{"prompt": "a red circle"}\n{"prompt": "a large blue square", "negative_prompt": "blurry"}\n'
+
+
+def _demo_jobs(prompts: Path, *seeds: int) -> tuple[str, ...]:
+    """Jobs on the embedded demo model at tiny settings (2 steps, 64x64, one thread per process, as the launched
+    processes have): 2 prompts x seeds x ratios 0, 0.5."""
+    return ("--prompts", str(prompts), "--seeds", *map(str, seeds), "--ratios", "0", "0.5", "--no-warmup",
+            "--steps", "2", "--width", "64", "--height", "64", "--threads", "1")
+
+
+def _expected_files(*seeds: int) -> set[str]:
+    prompts = [("a red circle", ""), ("a large blue square", "blurry")]
+    return {job.filename for job in gen.plan_jobs(prompts, seeds, [0.0, 0.5])}
+
+
+def _check_every_image_logged_once(out: Path, expected: set[str]) -> list[dict]:
+    """Exactly the expected images, no temporary file, and one valid log record per image."""
+    assert _images(out) == expected and not list(out.glob(".*.partial"))
+    records = gen.read_logs(out)
+    assert sorted(r["file"] for r in records) == sorted(expected)
+    return records
+
+
+def _check_summary(out: Path, records: list[dict]) -> None:
+    """summary.md's rows are the per-ratio counts and mean it/s of ``records``."""
+    summary = (out / "summary.md").read_text()
+    assert f"{len(records)} images" in summary
+    base = statistics.mean(r["its"] for r in records if r["ratio"] == 0)
+    for ratio in (0.0, 0.5):
+        its = [r["its"] for r in records if r["ratio"] == ratio]
+        assert f"| {ratio:g} | {len(its)} | {statistics.mean(its):.3f} |" in summary
+        assert f"{statistics.mean(its) / base:.2f}x |" in summary
+
+
+def test_demo_model_resumes_across_process_counts_doing_every_job_once(tmp_path):
+    """1 process writes part, 2 processes (accelerate) finish it, 1 process adds a seed: nothing redone,
+    nothing missing, each image written by exactly one process, one summary over all of them."""
+    (tmp_path / "p.jsonl").write_text(DEMO_PROMPTS)
     out = tmp_path / "run"
-    process = _start(tiny_pipeline_dir, out, *JOBS, launcher=ACCELERATE)
+    assert gen.main(_args("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0))) == 0
+    first = {r["file"]: r for r in _check_every_image_logged_once(out, _expected_files(0))}
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in first}
+
+    process = _start("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0, 1, 2), launcher=_accelerate(2))
     stdout, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    records = _log_lines(out)
-    assert sorted(r["file"] for r in records) == sorted(_images(out)) and len(records) == 4  # each job once
-    assert {r["rank"] for r in records} == {0, 1} and {r["world_size"] for r in records} == {2}
+    assert "12 images planned, 4 already written, 8 to generate on 2 process(es)" in err
+    records = _check_every_image_logged_once(out, _expected_files(0, 1, 2))
+    lines = _log_lines(out)
+    assert len(lines) == 12 and len({r["file"] for r in lines}) == 12  # no image logged (so written) twice
+    assert all(first[name] in lines and (out / name).stat().st_mtime_ns == mtimes[name] for name in first)
+    new = [r for r in records if r["file"] not in first]
+    assert sorted(r["rank"] for r in new) == [0] * 4 + [1] * 4 and {r["world_size"] for r in new} == {2}
     assert {p.name for p in out.glob("log.rank*.jsonl")} == {"log.rank0.jsonl", "log.rank1.jsonl"}
+    assert all(r["model"] == "demo" and r["steps"] == 2 and (r["width"], r["height"]) == (64, 64) for r in records)
+    _check_summary(out, records)
     summary = (out / "summary.md").read_text()
-    assert "4 images" in summary and "process ranks: 0, 1" in summary and summary in stdout
-    assert "| 0 | 2 |" in summary and "| 0.5 | 2 |" in summary
+    assert "process ranks: 0, 1" in summary and summary in stdout
 
-    # A single-process re-run with more seeds generates only the new images, next to the old logs.
-    assert gen.main(_args(tiny_pipeline_dir, out, *_jobs(0, 1, 2))) == 0
-    assert len(gen.read_logs(out)) == 6 and len(_log_lines(out)) == 6
+    assert gen.main(_args("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0, 1, 2, 3))) == 0
+    records = _check_every_image_logged_once(out, _expected_files(0, 1, 2, 3))
+    assert len(_log_lines(out)) == 16
+    _check_summary(out, records)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["ctrl-c", "kill"])
+def test_demo_model_two_processes_killed_then_resumed_write_every_image_once(tmp_path, sig):
+    """The launcher is stopped mid-run as a user would (Ctrl-C reaches only the launcher, which forwards it;
+    ``kill PID`` sends SIGTERM): no worker outlives it, and a 2-process re-run completes the batch."""
+    import psutil
+
+    (tmp_path / "p.jsonl").write_text(DEMO_PROMPTS)
+    out, jobs = tmp_path / "run", _demo_jobs(tmp_path / "p.jsonl", *range(8))  # 32 images
+    process = _start("demo", out, *jobs, launcher=_accelerate(2))
+    _wait_for_images(out, 2, process)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"workers outlived the launcher: {alive}"
+    if sig == signal.SIGINT:  # each worker finished its image in progress
+        assert "stopping after the current image" in err
+    written = _images(out)
+    assert 2 <= len(written) < 32 and {r["file"] for r in gen.read_logs(out)} == written
+    stamps = {name: (out / name).stat().st_mtime_ns for name in written}
+
+    process = _start("demo", out, *jobs, launcher=_accelerate(2))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    records = _check_every_image_logged_once(out, _expected_files(*range(8)))
+    assert all((out / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())  # none redone
+    assert {r["rank"] for r in records} == {0, 1}
+    _check_summary(out, records)
 
 
 def test_a_log_line_cut_by_a_hard_kill_costs_only_itself(tmp_path):
@@ -231,3 +318,11 @@ def test_a_single_safetensors_model_runs_with_config_and_says_so_without(tiny_pi
     assert gen.main(_args(path, out, "--config", str(tiny_pipeline_dir), "--prompt", "a", "--ratios", "0",
                           "--no-warmup")) == 0
     assert [r["config"] for r in _log_lines(out)] == [str(tiny_pipeline_dir)] and len(_images(out)) == 1
+
+
+@pytest.mark.parametrize("extra, message", [(("--offload", "model"), "offload='model' needs a GPU device, not 'cpu'"),
+                                            (("--attention", "xformers"), "attention='xformers' needs a GPU")])
+def test_gpu_only_placement_on_the_cpu_is_refused_before_anything_is_written(tmp_path, capsys, extra, message):
+    assert gen.main(_args("demo", tmp_path / "run", "--prompt", "a", "--device", "cpu", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["ATTENTION", "DEMO", "DTYPES", "OFFLOAD", "default_settings", "load_pipeline", "parse_dtype"]
+__all__ = [
+    "ATTENTION", "DEMO", "DTYPES", "OFFLOAD", "check_placement", "default_settings", "load_pipeline", "parse_dtype",
+]
 
 DEMO = "demo"
 # How the pipeline's weights are placed: all on ``device``, or kept on the CPU and moved to the GPU per model
@@ -107,7 +109,7 @@ def load_pipeline(
             unknown or needs a GPU.
     """
     dtype = parse_dtype(dtype)
-    _check_placement(torch.device(device), offload, attention)
+    check_placement(device, offload, attention)
     source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
     if config is not None and (source == DEMO or not source.endswith(".safetensors")):
         raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
@@ -124,8 +126,14 @@ def load_pipeline(
     return pipe
 
 
-def _check_placement(device: torch.device, offload: str, attention: str) -> None:
-    """Refuse unknown or impossible placement options before anything is loaded."""
+def check_placement(device: str | torch.device, offload: str, attention: str) -> None:
+    """Refuse unknown or impossible placement options before anything is loaded or written.
+
+    Raises:
+        ValueError: ``offload`` not in :data:`OFFLOAD`, ``attention`` not in :data:`ATTENTION`, or GPU-only
+            offloading / xFormers asked for on a CPU ``device``.
+    """
+    device = torch.device(device)
     if offload not in OFFLOAD:
         raise ValueError(f"unknown offload {offload!r}; accepted: {', '.join(OFFLOAD)}")
     if attention not in ATTENTION:

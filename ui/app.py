@@ -166,7 +166,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                 diffs = gr.Gallery(label="difference from ratio 0", columns=4, height="auto", elem_id="diffs",
                                    format="png")
         gr.Examples([[p] for p in defaults["prompts"]], inputs=[prompt])
-        inputs = [model_box, config_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats, *option_controls]
+        inputs = [model_box, config_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
+                  *option_controls]
         run_button.click(run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1)
         # Outside the queue, so it acts while a run holds the queue's one slot. Not Gradio's ``cancels``: that
         # drops the run's outputs at once while its step goes on; the run itself reports "Cancelled." instead.
