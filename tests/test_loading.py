@@ -30,6 +30,23 @@ def test_a_folder_without_safetensors_weights_is_refused(tmp_path):
         load_pipeline(folder)
 
 
+def test_a_folder_with_its_own_pipeline_code_is_refused_without_running_it(tmp_path):
+    import tiny
+
+    folder = tmp_path / "custom"
+    tiny.sd_pipeline(tmp_path / "tok").save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": ["my_pipeline", "MyPipeline"]}))
+    marker = tmp_path / "code-ran"
+    (folder / "my_pipeline.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from diffusers import StableDiffusionPipeline\n\nclass MyPipeline(StableDiffusionPipeline):\n    pass\n"
+    )
+    with pytest.raises(ValueError, match="contains custom code in my_pipeline.py"):
+        load_pipeline(folder)  # trust_remote_code is never passed
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

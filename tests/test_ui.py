@@ -154,6 +154,11 @@ def test_a_comparison_shows_images_numbers_and_chart(page, tmp_path):
         seconds, its = (float(cell) for cell in row.split("\t")[1:3])
         assert seconds > 0 and its > 0
     assert page.locator("#chart img, #chart svg, #chart canvas").count() >= 1
+    page.wait_for_function(  # the browser has decoded every image: 64x64 generations, a non-empty chart
+        "Array.from(document.querySelectorAll('#gallery img, #diffs img, #chart img'))"
+        ".every(i => i.complete && i.naturalWidth > 0) && document.querySelectorAll('#gallery img').length === 4"
+    )
+    assert set(page.eval_on_selector_all("#gallery img", "els => els.map(i => i.naturalWidth)")) == {64}
     page.screenshot(path=tmp_path / "app.png", full_page=True)
     assert (tmp_path / "app.png").stat().st_size > 10_000
 
