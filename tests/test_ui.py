@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -132,6 +133,12 @@ def _status(page, text: str, timeout: float = 180_000) -> str:
     return page.inner_text("#status")
 
 
+def _progress(page) -> int:
+    """The step count shown by the page's progress bar (e.g. 17 for "17/400 steps")."""
+    page.wait_for_function("/\\d+\\/400 steps/.test(document.querySelector('#status').innerText)", timeout=60_000)
+    return int(re.search(r"(\d+)/400 steps", page.inner_text("#status"))[1])
+
+
 def test_the_app_listens_on_localhost_only(app):
     import psutil
 
@@ -183,7 +190,7 @@ def test_bad_input_is_reported_in_the_page_and_the_app_keeps_working(page, field
 def test_a_long_comparison_can_be_cancelled_and_the_next_one_runs(page):
     _tiny_settings(page, steps=400)  # 4 ratios x 400 steps: minutes of work if Stop did nothing
     page.click("#run")
-    page.wait_for_function("/\\d+\\/400 steps/.test(document.querySelector('#status').innerText)", timeout=60_000)
+    _progress(page)
     page.click("#stop")
     status = _status(page, "Cancelled.", timeout=30_000)  # said by the run itself once it has stopped
     assert "Error" not in status and "Done" not in status
@@ -210,3 +217,29 @@ def test_a_single_file_model_asks_for_its_configs_then_runs_with_them(page, tiny
     page.click("#run")
     _status(page, "Done", timeout=60_000)
     assert page.locator("#gallery img").count() == 4
+
+
+def test_queued_runs_wait_and_stop_acts_on_its_own_page_only(browser, app, page):
+    _tiny_settings(page, steps=400)
+    page.click("#run")
+    _progress(page)
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        other.goto(app.url)
+        other.wait_for_selector("#run")
+        _tiny_settings(other, steps=1)
+        other.click("#run")
+        _status(other, "queue", timeout=30_000)  # one generation at a time: it waits for the first page's run
+        other.click("#stop")  # cancels the waiting run of this page, not the running one of the first
+        before = _progress(page)
+        time.sleep(2)
+        assert _progress(page) > before and "Cancelled" not in page.inner_text("#status")
+        page.click("#stop")
+        _status(page, "Cancelled.", timeout=30_000)
+        _status(other, "Cancelled.", timeout=30_000)  # its turn came; it stopped before loading anything
+        assert other.locator("#gallery img").count() == 0
+        other.click("#run")  # the earlier Stop does not cancel a new run
+        assert "Done" in _status(other, "Done", timeout=60_000)
+        assert other.locator("#gallery img").count() == 4
+    finally:
+        other.close()

@@ -80,7 +80,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
     defaults = default_settings(model)
     options = patch_option_defaults()
     cache = ModelCache(device, dtype)
-    # Sessions whose user pressed Stop: their run raises Cancelled after its current step and says so.
+    # Pages (sessions) whose user pressed Stop: their run raises Cancelled after its current step, or before it
+    # starts if it is still waiting in the queue, and says so.
     cancel_requests: set[str | None] = set()
     # One generation at a time, also when a run outlives its page (a closed tab): the pipeline is shared.
     # Held only between yields, so a generator Gradio abandons can never keep it.
@@ -99,6 +100,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                     name: _option_value(name, default, value)
                     for (name, default), value in zip(options.items(), option_values)
                 }
+                if session in cancel_requests:  # Stop was pressed while this run waited in the queue
+                    raise Cancelled
                 progress(0, desc=f"loading model {model_source or DEMO}")
                 pipe = cache.get(model_source, model_config)
 
@@ -123,13 +126,16 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
 
     # ``request`` comes first: Gradio injects it only as a positional parameter.
     def run(request: gr.Request, *values: Any, progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
-        cancel_requests.discard(request.session_hash)  # a Stop pressed before this run does not cancel it
         yield _outputs(status="Working…")
         yield compare(request.session_hash, values, progress)
 
+    def forget_stop(request: gr.Request) -> None:
+        """A Stop pressed when nothing of this page was running does not cancel its next run."""
+        cancel_requests.discard(request.session_hash)
+
     def request_cancel(request: gr.Request) -> str:
         cancel_requests.add(request.session_hash)
-        return "Cancelling after the current step…"
+        return "Stopping after the current step (or before starting, if waiting in the queue)…"
 
     with gr.Blocks(title="tomesd A/B") as app:
         gr.Markdown("# tomesd A/B: token merging ratios side by side")
@@ -168,7 +174,9 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
         gr.Examples([[p] for p in defaults["prompts"]], inputs=[prompt])
         inputs = [model_box, config_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
                   *option_controls]
-        run_button.click(run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1)
+        run_button.click(forget_stop, None, None, queue=False).then(
+            run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1
+        )
         # Outside the queue, so it acts while a run holds the queue's one slot. Not Gradio's ``cancels``: that
         # drops the run's outputs at once while its step goes on; the run itself reports "Cancelled." instead.
         stop_button.click(request_cancel, None, status, queue=False)
