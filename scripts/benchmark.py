@@ -35,6 +35,7 @@ import torch
 import tomesd
 from tomesd.compare import GenerationSettings, check_ratio, parse_option, set_ratio
 from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
+from tomesd.patch.diffusers import OPTIONS as PATCH_OPTIONS
 from tomesd.timing import execution_device, time_interleaved, timed_pipeline_call
 
 # Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): 859,520,964 parameters.
@@ -102,6 +103,7 @@ class Row:
     psnr: float | None = None
     ssim: float | None = None
     times_s: tuple[float, ...] = ()  # every timed repetition, for the JSON output
+    mergeable_share: float | None = None  # of the unpatched forward's time: self-attention + MLP of merged blocks
 
 
 # ---------------------------------------------------------------- settings
@@ -162,9 +164,48 @@ def unet_inputs(unet: Any, batch: int, resolution: int, seed: int = 0) -> dict[s
     return inputs
 
 
+def mergeable_share(unet: Any, inputs: dict[str, Any], min_tokens: int) -> float:
+    """Share of one unpatched forward's time spent in the self-attention and MLP (``attn1``, ``ff``) of the
+    transformer blocks with at least ``min_tokens`` tokens: what merging can touch with the default policy.
+    If merging made them free, the speedup would be ``1 / (1 - share)``."""
+    import time
+
+    spent = [0.0]
+    started: dict[int, float] = {}
+    handles = []
+    sync = torch.accelerator.synchronize if unet.device.type != "cpu" else (lambda: None)
+
+    def before(module: Any, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs["hidden_states"]
+        if x.shape[1] >= min_tokens:
+            sync()
+            started[id(module)] = time.perf_counter()
+
+    def after(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if id(module) in started:
+            sync()
+            spent[0] += time.perf_counter() - started.pop(id(module))
+
+    for block in unet.modules():
+        if type(block).__name__ == "BasicTransformerBlock":
+            for sub in (block.attn1, block.ff):
+                handles += [sub.register_forward_pre_hook(before, with_kwargs=True),
+                            sub.register_forward_hook(after, with_kwargs=True)]
+    try:
+        total = -time.perf_counter()
+        with torch.inference_mode():
+            unet(**inputs)
+        total += time.perf_counter()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return spent[0] / total
+
+
 def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, resolution: int, repeats: int,
                  warmup: int) -> list[Row]:
-    """Median seconds of one U-Net forward per setting, interleaved; speedup against ratio 0."""
+    """Median seconds of one U-Net forward per setting, interleaved; speedup against ratio 0; and the
+    share of the unpatched time that merging can touch (on the baseline row)."""
     inputs = unet_inputs(unet, batch, resolution)
 
     def forward() -> None:
@@ -177,8 +218,10 @@ def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, reso
     )
     tomesd.remove_patch(unet)
     base = timings[settings[0].name]
-    return [Row(arch, resolution, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base),
+    rows = [Row(arch, resolution, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base),
                 repeats, times_s=timings[s.name].seconds) for s in settings]
+    rows[0].mergeable_share = mergeable_share(unet, inputs, PATCH_OPTIONS["min_tokens"])
+    return rows
 
 
 def run_worker(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -327,11 +370,13 @@ def machine_description(args: argparse.Namespace) -> str:
 def markdown_table(rows: list[Row], description: str, unit: str) -> str:
     """The results as Markdown: a context line and one row per setting."""
     with_quality = any(r.psnr is not None for r in rows)
-    header = f"| arch | px | variant | ratio | median {unit} (s) | speedup |" + (
+    header = f"| arch | px | variant | ratio | median {unit} (s) | speedup | limit |" + (
         " PSNR (dB) | SSIM |" if with_quality else "")
     lines = [description, "", header, "|" + " --- |" * (header.count("|") - 1)]
     for r in rows:
-        line = f"| {r.arch} | {r.resolution} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x |"
+        limit = "" if r.mergeable_share is None else f"{1 / (1 - r.mergeable_share):.2f}x ({r.mergeable_share:.0%})"
+        line = (f"| {r.arch} | {r.resolution} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x | "
+                f"{limit} |")
         if with_quality:
             line += f" {_decibels(r.psnr)} | {r.ssim:.4f} |"
         lines.append(line)
@@ -396,6 +441,10 @@ def write_results(rows: list[Row], quality: list[QualityRow], args: argparse.Nam
     out.mkdir(parents=True, exist_ok=True)
     description = machine_description(args) + f"; measured: {unit}"
     table = markdown_table(rows, description, unit) if rows else ""
+    if any(r.mergeable_share is not None for r in rows):
+        table += ("\nlimit: the speedup if the self-attention and MLP of every block with at least "
+                  f"{PATCH_OPTIONS['min_tokens']} tokens cost nothing (their share of the unpatched "
+                  "forward in brackets), measured with timing hooks in one extra unpatched forward.\n")
     if quality:
         table += ("\n" if table else "") + quality_table(quality, args.quality)
     (out / "benchmark.md").write_text(table)

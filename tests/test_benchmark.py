@@ -116,3 +116,14 @@ def test_quality_on_the_demo_model_for_this_project_and_another_interpreter(tmp_
     assert quality[2]["adherence"] == quality[0]["adherence"]  # the same unpatched images, from either side
     table = (out / "benchmark.md").read_text()
     assert "Quality on the demo model: 2 held-out prompts, 64 px, 2 steps" in table and table in capsys.readouterr().out
+
+
+def test_mergeable_share_counts_only_blocks_with_enough_tokens():
+    import tiny
+
+    unet = tiny.unet()
+    inputs = bench.unet_inputs(unet, batch=1, resolution=256)  # 32x32 latent: 1024 and 256 tokens
+    everything = bench.mergeable_share(unet, inputs, min_tokens=0)
+    first_level = bench.mergeable_share(unet, inputs, min_tokens=1024)
+    assert 0 < first_level < everything < 1
+    assert bench.mergeable_share(unet, inputs, min_tokens=10**6) == 0.0
