@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 import tomesd
-from tomesd.compare import GenerationSettings, check_ratio, patch_option_defaults, set_ratio
+from tomesd.compare import GenerationSettings, check_ratio, parse_option, set_ratio
 from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
+from tomesd.patch.diffusers import OPTIONS as PATCH_OPTIONS
 from tomesd.timing import execution_device, time_interleaved, timed_pipeline_call
 
 # Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): 859,520,964 parameters.
@@ -93,6 +94,7 @@ class Row:
     """One line of the results."""
 
     arch: str
+    resolution: int
     variant: str
     ratio: float
     median_s: float
@@ -101,6 +103,7 @@ class Row:
     psnr: float | None = None
     ssim: float | None = None
     times_s: tuple[float, ...] = ()  # every timed repetition, for the JSON output
+    mergeable_share: float | None = None  # of the unpatched forward's time: self-attention + MLP of merged blocks
 
 
 # ---------------------------------------------------------------- settings
@@ -112,27 +115,14 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         ValueError: unknown option, or a value that does not parse.
     """
     label, _, assignments = text.partition(":")
-    defaults = patch_option_defaults()
     options: dict[str, Any] = {}
     for assignment in filter(None, assignments.split(",")):
         key, _, value = assignment.partition("=")
-        key = key.strip()
-        if key not in defaults:
-            raise ValueError(f"variant {text!r}: unknown patch option {key!r}; accepted: {', '.join(defaults)}")
-        options[key] = _typed(value.strip(), defaults[key], key)
+        try:
+            options[key.strip()] = parse_option(key.strip(), value)
+        except ValueError as error:
+            raise ValueError(f"variant {text!r}: {error}") from None
     return label.strip() or "default", options
-
-
-def _typed(value: str, default: Any, key: str) -> Any:
-    """Parse ``value`` as the type of ``default``."""
-    if isinstance(default, bool):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"option {key}: expected true or false, got {value!r}")
-        return value.lower() in ("true", "1")
-    try:
-        return type(default)(value) if default is not None else value
-    except ValueError:
-        raise ValueError(f"option {key}: expected a {type(default).__name__}, got {value!r}") from None
 
 
 def make_settings(ratios: list[float], variants: list[tuple[str, dict[str, Any]]]) -> list[Setting]:
@@ -174,9 +164,48 @@ def unet_inputs(unet: Any, batch: int, resolution: int, seed: int = 0) -> dict[s
     return inputs
 
 
+def mergeable_share(unet: Any, inputs: dict[str, Any], min_tokens: int) -> float:
+    """Share of one unpatched forward's time spent in the self-attention and MLP (``attn1``, ``ff``) of the
+    transformer blocks with at least ``min_tokens`` tokens: what merging can touch with the default policy.
+    If merging made them free, the speedup would be ``1 / (1 - share)``."""
+    import time
+
+    spent = [0.0]
+    started: dict[int, float] = {}
+    handles = []
+    sync = torch.accelerator.synchronize if unet.device.type != "cpu" else (lambda: None)
+
+    def before(module: Any, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs["hidden_states"]
+        if x.shape[1] >= min_tokens:
+            sync()
+            started[id(module)] = time.perf_counter()
+
+    def after(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if id(module) in started:
+            sync()
+            spent[0] += time.perf_counter() - started.pop(id(module))
+
+    for block in unet.modules():
+        if type(block).__name__ == "BasicTransformerBlock":
+            for sub in (block.attn1, block.ff):
+                handles += [sub.register_forward_pre_hook(before, with_kwargs=True),
+                            sub.register_forward_hook(after, with_kwargs=True)]
+    try:
+        total = -time.perf_counter()
+        with torch.inference_mode():
+            unet(**inputs)
+        total += time.perf_counter()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return spent[0] / total
+
+
 def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, resolution: int, repeats: int,
                  warmup: int) -> list[Row]:
-    """Median seconds of one U-Net forward per setting, interleaved; speedup against ratio 0."""
+    """Median seconds of one U-Net forward per setting, interleaved; speedup against ratio 0; and the
+    share of the unpatched time that merging can touch (on the baseline row)."""
     inputs = unet_inputs(unet, batch, resolution)
 
     def forward() -> None:
@@ -189,29 +218,36 @@ def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, reso
     )
     tomesd.remove_patch(unet)
     base = timings[settings[0].name]
-    return [Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
-                times_s=timings[s.name].seconds) for s in settings]
+    rows = [Row(arch, resolution, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base),
+                repeats, times_s=timings[s.name].seconds) for s in settings]
+    rows[0].mergeable_share = mergeable_share(unet, inputs, PATCH_OPTIONS["min_tokens"])
+    return rows
+
+
+def run_worker(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``compare_worker.py`` with ``python`` (this environment's or tomesd 0.1.3's) on ``spec``."""
+    worker = Path(__file__).with_name("compare_worker.py")
+    done = subprocess.run([str(python), str(worker)], input=json.dumps(spec), stdout=subprocess.PIPE, text=True,
+                          check=True)
+    return json.loads(done.stdout)
 
 
 def measure_tomesd013(arch: str, python: Path, ratios: list[float], batch: int, resolution: int, repeats: int,
                       threads: int) -> list[Row]:
     """The same U-Net forward patched by the original tomesd 0.1.3, timed in its own environment
-    (``scripts/setup_tomesd013.sh``; both packages import as ``tomesd``) by ``unet_speed_worker.py``,
+    (``scripts/setup_tomesd013.sh``; both packages import as ``tomesd``) by ``compare_worker.py``,
     interleaved with its own unpatched baseline."""
     spec = {
         "config": UNET_CONFIGS[arch], "latent": resolution // 8, "batch": batch, "threads": threads,
         "repeats": repeats, "settings": [{"label": f"{r:g}", "options": {"ratio": r}} for r in ratios if r > 0],
     }
-    worker = Path(__file__).with_name("unet_speed_worker.py")
-    done = subprocess.run([str(python), str(worker)], input=json.dumps(spec), stdout=subprocess.PIPE, text=True,
-                          check=True)
-    result = json.loads(done.stdout)
+    result = run_worker(python, spec)
     label = f"tomesd {result['tomesd']}"
     base = statistics.median(result["baseline_s"])
-    rows = [Row(arch, label, 0.0, base, 1.0, repeats)]
+    rows = [Row(arch, resolution, label, 0.0, base, 1.0, repeats, times_s=tuple(result["baseline_s"]))]
     for setting in result["settings"]:
-        rows.append(Row(arch, label, float(setting["label"]), statistics.median(setting["times_s"]),
-                        setting["speedup"], repeats))
+        rows.append(Row(arch, resolution, label, float(setting["label"]), statistics.median(setting["times_s"]),
+                        setting["speedup"], repeats, times_s=tuple(setting["times_s"])))
     return rows
 
 
@@ -243,11 +279,76 @@ def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings
     base_name = settings[0].name
     base = timings[base_name]
     return [
-        Row(arch, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
+        Row(arch, gen.width, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
             float(psnr(images[base_name], images[s.name])), float(ssim(images[base_name], images[s.name])),
             timings[s.name].seconds)
         for s in settings
     ]
+
+
+# ---------------------------------------------------------------- quality on the demo model
+
+@dataclass
+class QualityRow:
+    """One setting's images on the demo model, against the same implementation's unpatched images."""
+
+    implementation: str
+    variant: str
+    ratio: float
+    adherence: float
+    psnr: float
+    ssim: float
+
+
+def quality_settings(settings: list[Setting]) -> dict[str, Setting]:
+    """Worker labels -> this project's merged settings (the unpatched baseline is drawn anyway)."""
+    return {s.name: s for s in settings if s.ratio > 0}
+
+
+def measure_quality(python: Path, settings: dict[str, Setting], prompts: list[str], args: argparse.Namespace,
+                    workdir: Path) -> list[QualityRow]:
+    """Draw ``prompts`` on the demo model unpatched and under every setting, with the tomesd that
+    ``python`` imports, and score the images: adherence, and PSNR/SSIM against the unpatched ones."""
+    from PIL import Image
+
+    from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, DEMO_MODEL_DIR
+    from tomesd.quality import adherence, psnr, ssim
+
+    spec = {
+        "mode": "images", "model": str(DEMO_MODEL_DIR), "prompts": prompts, "seed": args.seed, "size": DEFAULT_SIZE,
+        "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "batch": 8, "threads": torch.get_num_threads(),
+        "out": str(workdir), "settings": [{"label": name, "options": {"ratio": s.ratio, **s.options}}
+                                          for name, s in settings.items()],
+    }
+    result = run_worker(python, spec)
+    images = {label: [Image.open(f).convert("RGB") for f in files] for label, files in result["images"].items()}
+    reference = images.pop("unpatched")
+    implementation = f"tomesd {result['tomesd']}"
+    rows = [QualityRow(implementation, "unpatched", 0.0, adherence(reference, prompts), float("inf"), 1.0)]
+    for label, drawn in images.items():
+        setting = settings[label]
+        rows.append(QualityRow(
+            implementation, setting.variant, setting.ratio, adherence(drawn, prompts),
+            statistics.fmean(psnr(a, b) for a, b in zip(reference, drawn)),
+            statistics.fmean(ssim(a, b) for a, b in zip(reference, drawn)),
+        ))
+    return rows
+
+
+def run_quality(args: argparse.Namespace, settings: list[Setting]) -> list[QualityRow]:
+    """Quality of this project's settings, and of tomesd 0.1.3 at the same ratios with ``--compare-013``."""
+    import tempfile
+
+    from tomesd.demo.shapes import evaluation_captions
+
+    prompts = evaluation_captions(args.quality, "held_out", args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = measure_quality(Path(sys.executable), quality_settings(settings), prompts, args, Path(tmp, "ours"))
+        if args.compare_013:
+            ratios = sorted({s.ratio for s in settings if s.ratio > 0})
+            original = {f"{r:g}": Setting(r, {}, "default") for r in ratios}
+            rows += measure_quality(args.compare_013, original, prompts, args, Path(tmp, "0.1.3"))
+    return rows
 
 
 # ---------------------------------------------------------------- outputs
@@ -261,54 +362,96 @@ def machine_description(args: argparse.Namespace) -> str:
     return (
         f"device {args.device} ({device}), torch {torch.__version__} with {torch.get_num_threads()} CPU thread(s), "
         f"diffusers {diffusers.__version__}, tomesd {tomesd.__version__}, dtype {args.dtype}, "
-        f"resolution {args.resolution}x{args.resolution}, median of {args.repeats} interleaved run(s) after "
-        f"{args.warmup} warm-up round(s); machine load average at the end (1, 5, 15 min): {load}"
+        f"median of {args.repeats} interleaved run(s) after {args.warmup} warm-up round(s); "
+        f"machine load average at the end (1, 5, 15 min): {load}"
     )
 
 
 def markdown_table(rows: list[Row], description: str, unit: str) -> str:
     """The results as Markdown: a context line and one row per setting."""
     with_quality = any(r.psnr is not None for r in rows)
-    header = f"| arch | variant | ratio | median {unit} (s) | speedup |" + (" PSNR (dB) | SSIM |" if with_quality else "")
+    header = f"| arch | px | variant | ratio | median {unit} (s) | speedup | limit |" + (
+        " PSNR (dB) | SSIM |" if with_quality else "")
     lines = [description, "", header, "|" + " --- |" * (header.count("|") - 1)]
     for r in rows:
-        line = f"| {r.arch} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x |"
+        limit = "" if r.mergeable_share is None else f"{1 / (1 - r.mergeable_share):.2f}x ({r.mergeable_share:.0%})"
+        line = (f"| {r.arch} | {r.resolution} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x | "
+                f"{limit} |")
         if with_quality:
-            psnr = "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}"
-            line += f" {psnr} | {r.ssim:.4f} |"
+            line += f" {_decibels(r.psnr)} | {r.ssim:.4f} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def plot_speedup(rows: list[Row], path: Path, title: str) -> None:
-    """A PNG of speedup vs ratio, one line per (arch, variant), the baseline drawn at 1."""
+def quality_table(rows: list[QualityRow], count: int) -> str:
+    """The demo-model quality results as Markdown."""
+    from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS
+
+    lines = [
+        f"Quality on the demo model: {count} held-out prompts, {DEFAULT_SIZE} px, {DEFAULT_STEPS} steps, guidance "
+        f"{DEFAULT_GUIDANCE:g}, float32; adherence = share of the asked attributes the detector finds; PSNR and "
+        "SSIM against the same implementation's unpatched image (same prompt and seed), mean over prompts.",
+        "",
+        "| implementation | variant | ratio | adherence | PSNR (dB) | SSIM |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {r.implementation} | {r.variant} | {r.ratio:g} | {r.adherence:.3f} | {_decibels(r.psnr)} | "
+              f"{r.ssim:.3f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _decibels(value: float | None) -> str:
+    return "-" if value is None else "inf" if value == float("inf") else f"{value:.2f}"
+
+
+def plot_results(rows: list[Row], quality: list[QualityRow], path: Path, title: str) -> None:
+    """A PNG of speedup vs ratio, one line per (arch, resolution, variant), the baseline drawn at 1; with a
+    second panel of PSNR vs ratio on the demo model when quality was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.4, 4), layout="constrained")
-    axes = figure.add_subplot()
-    baselines = {r.arch: r for r in rows if r.ratio == 0}
-    for arch, variant in dict.fromkeys((r.arch, r.variant) for r in rows if r.ratio > 0):
-        points = [baselines[arch]] + [r for r in rows if (r.arch, r.variant) == (arch, variant) and r.ratio > 0]
-        axes.plot([p.ratio for p in points], [p.speedup for p in points], marker="o", label=f"{arch} {variant}")
-    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    axes.set_xlabel("merge ratio")
-    axes.set_ylabel("speedup vs unpatched (x)")
-    axes.set_title(title, fontsize=9)
-    axes.legend()
+    figure = Figure(figsize=(11 if quality else 6.4, 4.2), layout="constrained")
+    speed, *rest = figure.subplots(1, 2 if quality else 1, squeeze=False)[0]
+    baselines = {(r.arch, r.resolution, r.variant.startswith("tomesd ") and r.variant): r for r in rows if r.ratio == 0}
+    for arch, px, variant in dict.fromkeys((r.arch, r.resolution, r.variant) for r in rows if r.ratio > 0):
+        base = baselines.get((arch, px, variant.startswith("tomesd ") and variant)) or baselines[(arch, px, False)]
+        points = [base] + [r for r in rows if (r.arch, r.resolution, r.variant) == (arch, px, variant) and r.ratio > 0]
+        speed.plot([p.ratio for p in points], [p.speedup for p in points], marker="o", label=f"{arch} {px}px {variant}")
+    speed.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    speed.set(xlabel="merge ratio", ylabel="speedup vs unpatched (x)", title=title)
+    speed.title.set_fontsize(9)
+    speed.legend(fontsize=7)
+    if quality:
+        axes = rest[0]
+        for implementation, variant in dict.fromkeys((q.implementation, q.variant) for q in quality if q.ratio > 0):
+            points = [q for q in quality if (q.implementation, q.variant) == (implementation, variant)]
+            axes.plot([q.ratio for q in points], [q.psnr for q in points], marker="o", label=f"{implementation} {variant}")
+        axes.set(xlabel="merge ratio", ylabel="PSNR vs unpatched image (dB, higher is closer)",
+                 title="image change on the demo model")
+        axes.title.set_fontsize(9)
+        axes.legend(fontsize=7)
     figure.savefig(path, dpi=120)
 
 
-def write_results(rows: list[Row], out: Path, description: str, unit: str) -> str:
-    """benchmark.md, benchmark.json and benchmark.png in ``out``; returns the Markdown."""
+def write_results(rows: list[Row], quality: list[QualityRow], args: argparse.Namespace, unit: str) -> str:
+    """benchmark.md, benchmark.json and benchmark.png in ``args.out``; returns the Markdown."""
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, description, unit)
+    description = machine_description(args) + f"; measured: {unit}"
+    table = markdown_table(rows, description, unit) if rows else ""
+    if any(r.mergeable_share is not None for r in rows):
+        table += ("\nlimit: the speedup if the self-attention and MLP of every block with at least "
+                  f"{PATCH_OPTIONS['min_tokens']} tokens cost nothing (their share of the unpatched "
+                  "forward in brackets), measured with timing hooks in one extra unpatched forward.\n")
+    if quality:
+        table += ("\n" if table else "") + quality_table(quality, args.quality)
     (out / "benchmark.md").write_text(table)
-    (out / "benchmark.json").write_text(json.dumps({"description": description, "rows": [asdict(r) for r in rows]},
-                                                   indent=2))
-    plot_speedup(rows, out / "benchmark.png", f"{unit}: {', '.join(sorted({r.arch for r in rows}))}")
+    (out / "benchmark.json").write_text(json.dumps(
+        {"description": description, "command": " ".join(sys.argv), "rows": [asdict(r) for r in rows],
+         "quality": [asdict(q) for q in quality]}, indent=2))
+    plot_results(rows, quality, out / "benchmark.png", f"{unit}: {', '.join(sorted({r.arch for r in rows}))}")
     return table
 
 
@@ -317,16 +460,17 @@ def write_results(rows: list[Row], out: Path, description: str, unit: str) -> st
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", nargs="+", default=["sd15"], choices=[*UNET_CONFIGS, "pipeline"],
-                        help="sd15/sdxl: full-size U-Net forward; pipeline: whole generations of --model")
+    parser.add_argument("--arch", nargs="*", default=["sd15"], choices=[*UNET_CONFIGS, "pipeline"],
+                        help="sd15/sdxl: full-size U-Net forward; pipeline: whole generations of --model; none: "
+                             "only --quality")
     parser.add_argument("--model", default=DEMO, help="for --arch pipeline: 'demo' (default), a folder, a "
                         ".safetensors file or a model id")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="patch options to compare, e.g. 'mlp:merge_mlp=true' (repeatable; default: the "
                              "patcher's defaults)")
-    parser.add_argument("--resolution", type=int, help="pixels (default: 512 for sd15, 1024 for sdxl, the "
-                        "model's usual for pipeline)")
+    parser.add_argument("--resolution", type=int, nargs="+", help="pixels, one run per value (default: 512 for "
+                        "sd15, 1024 for sdxl, the model's usual for pipeline)")
     parser.add_argument("--batch", type=int, default=2, help="U-Net batch (default 2: guidance's two halves)")
     parser.add_argument("--steps", type=int, help="pipeline steps (default: the model's usual)")
     parser.add_argument("--prompt", help="pipeline prompt (default: the model's first example)")
@@ -336,45 +480,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quality", type=int, default=0, metavar="N",
+                        help="also draw N held-out prompts on the demo model under every setting (and tomesd 0.1.3's "
+                             "with --compare-013) and report adherence, PSNR and SSIM against the unpatched images")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--compare-013", type=Path, metavar="PYTHON", nargs="?", const=TOMESD013_PYTHON,
-                        help="also time tomesd 0.1.3 on the same U-Nets with this interpreter (default "
-                             f"{TOMESD013_PYTHON}, made by scripts/setup_tomesd013.sh)")
+                        help="also measure tomesd 0.1.3 on the same U-Nets (and demo images) with this interpreter "
+                             f"(default {TOMESD013_PYTHON}, made by scripts/setup_tomesd013.sh)")
     return parser
 
 
 def run_arch(arch: str, args: argparse.Namespace, settings: list[Setting]) -> tuple[list[Row], str]:
-    """Measure one architecture; returns its rows and the measured unit."""
+    """Measure one architecture at every requested resolution; returns its rows and the measured unit."""
+    rows: list[Row] = []
     if arch == "pipeline":
         defaults = default_settings(args.model)
-        args.resolution = args.resolution or defaults["size"]
-        gen = GenerationSettings(args.prompt or defaults["prompts"][0], "", args.steps or defaults["steps"],
-                                 defaults["guidance"], args.resolution, args.resolution)
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
         label = "demo" if args.model == DEMO else Path(args.model).name
-        return measure_pipeline(pipe, settings, gen, args.seed, args.repeats, args.warmup, label), "generation"
-    args.resolution = args.resolution or (1024 if arch == "sdxl" else 512)
+        for resolution in args.resolution or [defaults["size"]]:
+            gen = GenerationSettings(args.prompt or defaults["prompts"][0], "", args.steps or defaults["steps"],
+                                     defaults["guidance"], resolution, resolution)
+            rows += measure_pipeline(pipe, settings, gen, args.seed, args.repeats, args.warmup, label)
+        return rows, "generation"
     unet = build_unet(arch, parse_dtype(args.dtype), args.device)
-    rows = measure_unet(arch, unet, settings, args.batch, args.resolution, args.repeats, args.warmup)
+    for resolution in args.resolution or [1024 if arch == "sdxl" else 512]:
+        rows += measure_unet(arch, unet, settings, args.batch, resolution, args.repeats, args.warmup)
     if args.compare_013:
         del unet  # free its memory before the other process builds its own
         ratios = sorted({s.ratio for s in settings})
-        rows += measure_tomesd013(arch, args.compare_013, ratios, args.batch, args.resolution, args.repeats,
-                                  torch.get_num_threads())
+        for resolution in args.resolution or [1024 if arch == "sdxl" else 512]:
+            rows += measure_tomesd013(arch, args.compare_013, ratios, args.batch, resolution, args.repeats,
+                                      torch.get_num_threads())
     return rows, f"U-Net forward, batch {args.batch}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print the Markdown table and write the results."""
+    """Run the benchmark, print the Markdown tables and write the results."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         variants = [parse_variant(v) for v in args.variant] or [("default", {})]
         ratios = [check_ratio(ratio) for ratio in args.ratios]
-        if args.repeats < 1 or args.warmup < 0:
-            raise ValueError("--repeats must be >= 1 and --warmup >= 0")
-        if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
-            raise ValueError(f"--resolution {args.resolution} must be a positive multiple of 8")
+        if args.repeats < 1 or args.warmup < 0 or args.quality < 0:
+            raise ValueError("--repeats must be >= 1, --warmup and --quality >= 0")
+        for resolution in args.resolution or []:
+            if resolution <= 0 or resolution % 8:
+                raise ValueError(f"--resolution {resolution} must be a positive multiple of 8")
+        if args.compare_013 and not args.compare_013.exists():
+            raise ValueError(f"--compare-013: no interpreter at {args.compare_013}; run scripts/setup_tomesd013.sh")
+        if not args.arch and not args.quality:
+            raise ValueError("nothing to measure: give --arch and/or --quality N")
     except ValueError as error:
         parser.error(str(error))
     if args.threads:
@@ -386,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         arch_rows, unit = run_arch(arch, args, settings)
         rows += arch_rows
         units.append(unit)
-    table = write_results(rows, args.out, machine_description(args) + f"; measured: {', '.join(dict.fromkeys(units))}",
-                          " / ".join(dict.fromkeys(units)))
+    quality = run_quality(args, settings) if args.quality else []
+    table = write_results(rows, quality, args, " / ".join(dict.fromkeys(units)) or "image quality")
     print(table)
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 import tomesd
 from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, load_pipeline
-from tomesd.demo.shapes import random_scene
+from tomesd.demo.shapes import evaluation_captions
 from tomesd.quality import adherence, adherence_details, psnr, ssim
 
 
@@ -42,12 +41,6 @@ def parse_args() -> argparse.Namespace:
     if 0.0 not in args.ratios:
         parser.error("--ratios must include 0, the reference for PSNR and SSIM")
     return args
-
-
-def evaluation_prompts(count: int, split: str, seed: int) -> list[str]:
-    """``count`` full captions (size, colour, shape, background) of ``split``, fixed by ``seed``."""
-    rng = random.Random(f"evaluate/{split}/{seed}")
-    return [random_scene(rng, split, partial_captions=False).caption for _ in range(count)]
 
 
 def generate(pipe, prompts: list[str], args: argparse.Namespace, desc: str) -> list[np.ndarray]:
@@ -87,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline()
-    prompts = evaluation_prompts(args.count, args.split, args.seed)
+    prompts = evaluation_captions(args.count, args.split, args.seed)
     images: dict[float, list[np.ndarray]] = {}
     rows = []
     for ratio in sorted(args.ratios):

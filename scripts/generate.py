@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from typing import Any, Iterable
 import torch
 
 import tomesd
-from tomesd.compare import GenerationSettings, check_ratio, generate, patch_option_defaults
+from tomesd.compare import GenerationSettings, check_ratio, generate, parse_option, patch_option_defaults
 from tomesd.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, check_placement, default_settings, load_pipeline
 from tomesd.timing import execution_device
 
@@ -342,9 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
             patch.add_argument(flag, dest=name, default=default, action=argparse.BooleanOptionalAction,
                                help=f"(default: {default})")
         else:
-            patch.add_argument(flag, dest=name, default=default, type=type(default) if default is not None else str,
-                               help=f"(default: {default})")
+            patch.add_argument(flag, dest=name, default=default, type=functools.partial(_option_argument, name),
+                               help=f"(default: {'auto' if default is None else default})")
     return parser
+
+
+def _option_argument(name: str, text: str) -> Any:
+    """argparse type of a patch option: its value, or an ``ArgumentTypeError`` with the reason."""
+    try:
+        return parse_option(name, text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Job], dict[str, Any]]:

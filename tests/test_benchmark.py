@@ -27,6 +27,9 @@ def test_variants_are_typed_like_the_options():
         bench.parse_variant("x:speed=1")
     with pytest.raises(ValueError, match="expected true or false"):
         bench.parse_variant("x:merge_mlp=maybe")
+    assert bench.parse_variant("auto:max_downsample=auto") == ("auto", {"max_downsample": None})
+    with pytest.raises(ValueError, match="expected 'auto' or an integer"):
+        bench.parse_variant("x:max_downsample=big")
     with pytest.raises(ValueError, match="expected a int"):
         bench.parse_variant("x:sx=two")
 
@@ -54,11 +57,12 @@ def test_unet_measurement_on_a_toy_unet(kind):
 def test_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     assert bench.main(["--arch", "pipeline", "--model", str(tiny_pipeline_dir), "--steps", "1", "--resolution", "32",
-                       "--ratios", "0", "0.5", "--repeats", "1", "--warmup", "0", "--out", str(out)]) == 0
+                       "--ratios", "0", "0.5", "--repeats", "1", "--warmup", "0", "--out", str(out),
+                       "--variant", "default:min_tokens=0"]) == 0
     table = (out / "benchmark.md").read_text()
     assert table in capsys.readouterr().out
-    assert "| tiny-sd | default | 0 |" in table and "| 1.00x | inf | 1.0000 |" in table
-    assert "| tiny-sd | default | 0.5 |" in table and "resolution 32x32" in table
+    assert "| tiny-sd | 32 | default | 0 |" in table and "| 1.00x | inf | 1.0000 |" in table
+    assert "| tiny-sd | 32 | default | 0.5 |" in table
     rows = json.loads((out / "benchmark.json").read_text())["rows"]
     assert [r["ratio"] for r in rows] == [0.0, 0.5] and rows[1]["psnr"] < float("inf")
     assert (out / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
@@ -82,7 +86,7 @@ def test_bad_arguments_exit_with_a_message(argv, message, capsys):
 def test_tomesd013_comparison_runs_the_worker_with_the_given_interpreter(monkeypatch):
     import sys
 
-    from test_unet_speed_worker import TINY
+    from test_compare_worker import TINY
 
     # this environment's tomesd stands in for 0.1.3: the same worker, another interpreter path
     monkeypatch.setitem(bench.UNET_CONFIGS, "toy", TINY)
@@ -90,3 +94,36 @@ def test_tomesd013_comparison_runs_the_worker_with_the_given_interpreter(monkeyp
     assert [r.ratio for r in rows] == [0.0, 0.5]
     assert rows[0].variant == f"tomesd {tomesd.__version__}" and rows[0].speedup == 1.0
     assert rows[1].median_s > 0 and rows[1].speedup > 0
+
+
+def test_quality_on_the_demo_model_for_this_project_and_another_interpreter(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import tomesd.demo
+
+    # tiny settings; this environment's interpreter stands in for tomesd 0.1.3's
+    monkeypatch.setattr(tomesd.demo, "DEFAULT_STEPS", 2)
+    monkeypatch.setattr(tomesd.demo, "DEFAULT_SIZE", 64)
+    out = tmp_path / "bench"
+    assert bench.main(["--arch", "--quality", "2", "--ratios", "0", "0.5", "--variant", "all:min_tokens=0",
+                       "--compare-013", sys.executable, "--out", str(out)]) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    quality = report["quality"]
+    assert [(q["variant"], q["ratio"]) for q in quality] == [("unpatched", 0.0), ("all", 0.5),
+                                                             ("unpatched", 0.0), ("default", 0.5)]
+    assert quality[0]["psnr"] == float("inf") and quality[1]["psnr"] < float("inf")
+    assert all(0 <= q["adherence"] <= 1 for q in quality)
+    assert quality[2]["adherence"] == quality[0]["adherence"]  # the same unpatched images, from either side
+    table = (out / "benchmark.md").read_text()
+    assert "Quality on the demo model: 2 held-out prompts, 64 px, 2 steps" in table and table in capsys.readouterr().out
+
+
+def test_mergeable_share_counts_only_blocks_with_enough_tokens():
+    import tiny
+
+    unet = tiny.unet()
+    inputs = bench.unet_inputs(unet, batch=1, resolution=256)  # 32x32 latent: 1024 and 256 tokens
+    everything = bench.mergeable_share(unet, inputs, min_tokens=0)
+    first_level = bench.mergeable_share(unet, inputs, min_tokens=1024)
+    assert 0 < first_level < everything < 1
+    assert bench.mergeable_share(unet, inputs, min_tokens=10**6) == 0.0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tomesd
-from tomesd.compare import GenerationSettings, generate, patch_option_defaults, set_ratio
+from tomesd.compare import GenerationSettings, generate, parse_option, patch_option_defaults, set_ratio
 
 SETTINGS = GenerationSettings("a red cat", steps=2, width=32, height=32)
 
@@ -41,6 +41,25 @@ def test_options_offered_are_the_patchers_minus_ratio():
 
     options = patch_option_defaults()
     assert "ratio" not in options and options == {k: v for k, v in OPTIONS.items() if k != "ratio"}
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("merge_mlp", "True", True), ("merge_mlp", "0", False), ("sx", " 3 ", 3), ("matching", "local", "local"),
+    ("max_downsample", "auto", None), ("max_downsample", "", None), ("max_downsample", "2", 2),
+])
+def test_option_text_is_typed_like_the_option(name, text, value):
+    assert parse_option(name, text) == value
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("merge_mlp", "maybe", "expected true or false"),
+    ("sx", "two", "expected a int"),
+    ("max_downsample", "big", "expected 'auto' or an integer"),
+    ("speed", "1", "unknown patch option 'speed'"),
+])
+def test_bad_option_text_is_refused(name, text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_option(name, text)
 
 
 def test_ratio_zero_is_the_untouched_pipeline_and_exact(pipe):

@@ -15,6 +15,9 @@ import tiny
 import tomesd
 
 STEPS = 2
+#: The tiny U-Nets have few tokens (256 at a 16x16 latent); the default policy would merge nothing there,
+#: so tests of the merging itself lower the threshold.
+ANY = {"min_tokens": 0}
 
 
 def _inputs(batch=2, size=16, text=tiny.TEXT_DIM, seed=0):
@@ -108,7 +111,7 @@ def test_remove_patch_restores_outputs_state_and_attributes_exactly():
     inputs = _inputs()
     base = _run(unet, inputs)
     before = _snapshot(unet)
-    tomesd.apply_patch(unet, ratio=0.5, max_downsample=2, merge_crossattn=True, merge_mlp=True)
+    tomesd.apply_patch(unet, ratio=0.5, max_downsample=2, merge_crossattn=True, merge_mlp=True, **ANY)
     assert tomesd.is_patched(unet)
     patched = _run(unet, inputs)
     assert not torch.equal(patched, base)
@@ -122,12 +125,12 @@ def test_remove_patch_restores_outputs_state_and_attributes_exactly():
 def test_applying_twice_equals_applying_once_with_the_new_settings():
     unet = tiny.unet()
     inputs = _inputs()
-    tomesd.apply_patch(unet, ratio=0.6, merge_mlp=True)
-    tomesd.apply_patch(unet, ratio=0.3)
+    tomesd.apply_patch(unet, ratio=0.6, merge_mlp=True, **ANY)
+    tomesd.apply_patch(unet, ratio=0.3, **ANY)
     twice = _run(unet, inputs)
     counts = _token_counts(unet, lambda: _run(unet, inputs), ("ff",))
     fresh = tiny.unet()
-    tomesd.apply_patch(fresh, ratio=0.3)
+    tomesd.apply_patch(fresh, ratio=0.3, **ANY)
     assert torch.equal(twice, _run(fresh, inputs))
     assert 256 in counts["ff"]  # the first patch's MLP merging is gone
 
@@ -135,53 +138,73 @@ def test_applying_twice_equals_applying_once_with_the_new_settings():
 def test_patched_outputs_are_deterministic_and_leave_the_global_rng_alone():
     unet = tiny.unet()
     inputs = _inputs()
-    tomesd.apply_patch(unet, ratio=0.5)
+    tomesd.apply_patch(unet, ratio=0.5, **ANY)
     torch.manual_seed(7)
     state = torch.random.get_rng_state()
     first = _run(unet, inputs)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(_run(unet, inputs), first)
-    tomesd.apply_patch(unet, ratio=0.5, seed=1)
+    tomesd.apply_patch(unet, ratio=0.5, seed=1, **ANY)
     assert not torch.equal(_run(unet, inputs), first)  # another seed draws other destinations
 
 
 # --- what gets merged ------------------------------------------------------------------------------------
 
 
-def test_sd1_default_merges_self_attention_at_full_resolution_only():
+def test_by_default_every_block_with_at_least_min_tokens_merges_and_smaller_ones_do_not():
+    unet = tiny.unet()
+    inputs = _inputs(size=32)  # 32x32 latent: 1024 tokens at level 1, 256 at level 2
+    base = _token_counts(unet, lambda: _run(unet, inputs))
+    assert sorted(set(base["attn1"])) == [256, 1024]
+    tomesd.apply_patch(unet, ratio=0.5)  # min_tokens=1024: level 1 only
+    assert sorted(set(_token_counts(unet, lambda: _run(unet, inputs))["attn1"])) == [256, 512]
+    tomesd.apply_patch(unet, ratio=0.5, min_tokens=256)  # both levels
+    assert sorted(set(_token_counts(unet, lambda: _run(unet, inputs))["attn1"])) == [128, 512]
+    small = _inputs(size=16)  # 256 tokens at level 1: too small for the default, nothing merges
+    tomesd.apply_patch(unet, ratio=0.5)
+    patched = _token_counts(unet, lambda: _run(unet, small))
+    tomesd.remove_patch(unet)
+    assert patched == _token_counts(unet, lambda: _run(unet, small))
+
+
+def test_max_downsample_selects_levels_as_tomesd_013_did():
     unet = tiny.unet()
     inputs = _inputs()  # 16x16 latent: 256 tokens at level 1, 64 at level 2
-    base = _token_counts(unet, lambda: _run(unet, inputs))
-    tomesd.apply_patch(unet, ratio=0.5)
+    tomesd.apply_patch(unet, ratio=0.5, max_downsample=1, **ANY)
     seen = _token_counts(unet, lambda: _run(unet, inputs))
-    assert sorted(set(base["attn1"])) == [64, 256]
-    assert sorted(set(seen["attn1"])) == [64, 128]  # 256 - int(256 * 0.5)
-    assert seen["attn2"] == base["attn2"] and seen["ff"] == base["ff"]
+    assert sorted(set(seen["attn1"])) == [64, 128]  # 256 - int(256 * 0.5); level 2 untouched
+    tomesd.apply_patch(unet, ratio=0.5, max_downsample=1, merge_crossattn=True, merge_mlp=True, **ANY)
+    seen = _token_counts(unet, lambda: _run(unet, inputs))
+    assert all(sorted(set(seen[name])) == [64, 128] for name in ("attn1", "attn2", "ff"))
 
 
 def test_options_select_levels_and_operations():
     unet = tiny.unet()
     inputs = _inputs()
-    tomesd.apply_patch(unet, ratio=0.5, max_downsample=2, merge_crossattn=True, merge_mlp=True)
+    tomesd.apply_patch(unet, ratio=0.5, max_downsample=2, merge_crossattn=True, merge_mlp=True, **ANY)
     seen = _token_counts(unet, lambda: _run(unet, inputs))
     for name in ("attn1", "attn2", "ff"):
         assert sorted(set(seen[name])) == [32, 128], name
-    tomesd.apply_patch(unet, ratio=0.5, merge_attn=False, merge_mlp=True)
+    tomesd.apply_patch(unet, ratio=0.5, merge_attn=False, merge_mlp=True, max_downsample=1, **ANY)
     seen = _token_counts(unet, lambda: _run(unet, inputs))
     assert sorted(set(seen["attn1"])) == [64, 256] and sorted(set(seen["ff"])) == [64, 128]
 
 
-def test_sdxl_merges_with_plain_defaults_at_its_finest_attention_level():
+@pytest.mark.parametrize("options, latent, merged", [
+    ({}, 64, {512}),  # plain defaults: 64x64 latent, 1024 tokens at its first attention level (2x down)
+    ({"max_downsample": 1, **ANY}, 16, {32}),  # 0.1.3's level option falls back to the finest attention level
+])
+def test_sdxl_merges_at_its_finest_attention_level(options, latent, merged):
     unet = tiny.unet("sdxl")
     kwargs = {"added_cond_kwargs": {"text_embeds": torch.randn(2, tiny.TEXT_DIM), "time_ids": torch.zeros(2, 6)}}
-    inputs = _inputs(text=unet.config.cross_attention_dim)
+    inputs = _inputs(size=latent, text=unet.config.cross_attention_dim)
     run = lambda: unet(*inputs, **kwargs)  # noqa: E731
     with torch.no_grad():
         base = _token_counts(unet, run)
-        tomesd.apply_patch(unet, ratio=0.5)
+        tomesd.apply_patch(unet, ratio=0.5, **options)
         seen = _token_counts(unet, run)
-    assert set(base["attn1"]) == {64}  # no attention at full resolution (256 tokens)
-    assert set(seen["attn1"]) == {32}
+    assert set(base["attn1"]) == {latent * latent // 4}  # no attention at full resolution
+    assert set(seen["attn1"]) == merged
 
 
 def test_kv_downsample_pools_keys_and_values_of_merged_self_attention():
@@ -189,14 +212,14 @@ def test_kv_downsample_pools_keys_and_values_of_merged_self_attention():
     inputs = _inputs(size=18)  # 18x18 tokens at level 1: pooled 2x2 -> 9x9 keys/values
     keys: list[int] = []
     attn1 = [m.attn1 for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
-    tomesd.apply_patch(unet, ratio=0.5, kv_downsample=2)
+    tomesd.apply_patch(unet, ratio=0.5, kv_downsample=2, max_downsample=1, **ANY)
     handles = [a.register_forward_pre_hook(lambda m, a, kw: keys.append(kw["encoder_hidden_states"].shape[1] if kw.get("encoder_hidden_states") is not None else -1), with_kwargs=True) for a in attn1]
     out = _run(unet, inputs)
     for handle in handles:
         handle.remove()
     assert sorted(set(keys)) == [-1, 81]  # pooled at level 1, plain self-attention at level 2
     assert torch.isfinite(out).all()
-    tomesd.apply_patch(unet, ratio=0.5, kv_downsample=1)
+    tomesd.apply_patch(unet, ratio=0.5, kv_downsample=1, **ANY)
     assert not torch.equal(_run(unet, inputs), out)
 
 
@@ -204,10 +227,10 @@ def test_local_matching_merges_as_many_tokens_and_stays_close_to_global():
     unet = tiny.unet()
     inputs = _inputs()
     base = _run(unet, inputs)
-    tomesd.apply_patch(unet, ratio=0.5, matching="local")
+    tomesd.apply_patch(unet, ratio=0.5, matching="local", **ANY)
     seen = _token_counts(unet, lambda: _run(unet, inputs), ("attn1",))
     local = _run(unet, inputs)
-    tomesd.apply_patch(unet, ratio=0.5, matching="global")
+    tomesd.apply_patch(unet, ratio=0.5, matching="global", **ANY)
     global_ = _run(unet, inputs)
     assert 128 in seen["attn1"]
     # random weights: both approximations deviate from the unmerged output by a comparable amount
@@ -220,7 +243,7 @@ def test_latent_sizes_that_are_not_multiples_of_the_strides(size, sx, sy):
     unet = tiny.unet()
     inputs = _inputs(size=size)
     base = _run(unet, inputs)
-    tomesd.apply_patch(unet, ratio=0.4, sx=sx, sy=sy)
+    tomesd.apply_patch(unet, ratio=0.4, sx=sx, sy=sy, **ANY)
     seen = _token_counts(unet, lambda: _run(unet, inputs), ("attn1",))
     out = _run(unet, inputs)
     tokens = size * size
@@ -233,7 +256,7 @@ def test_odd_batch_sizes(batch):
     unet = tiny.unet()
     inputs = _inputs(batch=batch)
     base = _run(unet, inputs)
-    tomesd.apply_patch(unet, ratio=0.5)
+    tomesd.apply_patch(unet, ratio=0.5, **ANY)
     out = _run(unet, inputs)
     assert out.shape == base.shape
     # each sample is merged on its own: a sample's output does not depend on its batch neighbours
@@ -246,7 +269,7 @@ def test_user_processors_are_kept_and_a_processor_set_later_is_still_merged():
     unet.set_attn_processor(AttnProcessor())
     processors = dict(unet.attn_processors)
     inputs = _inputs()
-    tomesd.apply_patch(unet, ratio=0.5)
+    tomesd.apply_patch(unet, ratio=0.5, **ANY)
     assert all(unet.attn_processors[k] is p for k, p in processors.items())
     classic = _run(unet, inputs)
     unet.set_attn_processor(AttnProcessor2_0())  # e.g. a loader rebuilding processors
@@ -260,7 +283,7 @@ def test_user_processors_are_kept_and_a_processor_set_later_is_still_merged():
 
 def test_forward_and_backward_with_the_patch_on():
     unet = tiny.unet().train()
-    tomesd.apply_patch(unet, ratio=0.5, merge_mlp=True)
+    tomesd.apply_patch(unet, ratio=0.5, merge_mlp=True, **ANY)
     x, t, text = _inputs()
     loss = unet(x, t, text).sample.square().mean()
     loss.backward()
@@ -300,7 +323,7 @@ def test_bad_options_raise_clear_errors_and_leave_the_model_unpatched(options, e
 
 def test_a_failed_reapply_leaves_the_previous_patch_in_place():
     unet = tiny.unet()
-    tomesd.apply_patch(unet, ratio=0.3)
+    tomesd.apply_patch(unet, ratio=0.3, **ANY)
     with pytest.raises(ValueError):
         tomesd.apply_patch(unet, ratio=2)
     assert tomesd.is_patched(unet)
@@ -334,7 +357,7 @@ def test_pipelines_run_end_to_end_patched_and_restore_exactly(name, tmp_path):
     pipe = tiny.PIPELINES[name](tmp_path)
     pipe.set_progress_bar_config(disable=True)
     base = _pipeline_call(name, pipe)
-    tomesd.apply_patch(pipe, ratio=0.5)
+    tomesd.apply_patch(pipe, ratio=0.5, **ANY)
     models = [pipe.unet] + ([pipe.controlnet] if name == "controlnet" else [])
     for model in models:  # every transformer-bearing model of the pipeline merges
         seen = _token_counts(model, lambda: _pipeline_call(name, pipe), ("attn1",))

@@ -11,7 +11,12 @@ import torch
 import tomesd
 from tomesd.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
 
-__all__ = ["Generation", "GenerationSettings", "check_ratio", "generate", "patch_option_defaults", "set_ratio"]
+__all__ = [
+    "Generation", "GenerationSettings", "check_ratio", "generate", "parse_option", "patch_option_defaults", "set_ratio",
+]
+
+#: How an option whose default is None ("automatic") is written on a command line or in a text field.
+AUTO_WORDS = ("auto", "none", "")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,31 @@ def patch_option_defaults() -> dict[str, Any]:
     from tomesd.patch.diffusers import OPTIONS
 
     return {name: default for name, default in OPTIONS.items() if name != "ratio"}
+
+
+def parse_option(name: str, text: str) -> Any:
+    """A patch option's value from text, typed like its default: ``"true"``/``"false"`` for flags, numbers
+    for numbers, and for options that default to None (automatic) ``"auto"`` or an integer.
+
+    Raises:
+        ValueError: ``name`` is not a patch option, or ``text`` does not parse as its type.
+    """
+    defaults = patch_option_defaults()
+    if name not in defaults:
+        raise ValueError(f"unknown patch option {name!r}; accepted: {', '.join(defaults)}")
+    default, value = defaults[name], str(text).strip()
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"option {name}: expected true or false, got {text!r}")
+        return value.lower() in ("true", "1")
+    if default is None and value.lower() in AUTO_WORDS:
+        return None
+    kind = int if default is None else type(default)
+    try:
+        return kind(value)
+    except ValueError:
+        expected = "'auto' or an integer" if default is None else f"a {kind.__name__}"
+        raise ValueError(f"option {name}: expected {expected}, got {text!r}") from None
 
 
 def set_ratio(pipe: Any, ratio: float, options: Mapping[str, Any] | None = None) -> None:

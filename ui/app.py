@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from tomesd.compare import GenerationSettings, patch_option_defaults
+from tomesd.compare import GenerationSettings, parse_option, patch_option_defaults
 from tomesd.loading import DEMO, default_settings, load_pipeline
 
 from .comparison import compare_ratios, results_table, speed_chart
@@ -51,7 +51,7 @@ def _option_control(name: str, default: Any) -> gr.components.Component:
     if isinstance(default, (int, float)):
         return gr.Number(value=default, label=label, precision=0 if isinstance(default, int) else None,
                          elem_id=f"opt-{name}")
-    return gr.Textbox(value="" if default is None else str(default), label=label, elem_id=f"opt-{name}")
+    return gr.Textbox(value="auto" if default is None else str(default), label=label, elem_id=f"opt-{name}")
 
 
 def _option_value(name: str, default: Any, value: Any) -> Any:
@@ -62,7 +62,7 @@ def _option_value(name: str, default: Any, value: Any) -> Any:
         return _whole(value, f"patch option {name}")
     if isinstance(default, float):
         return float(value)
-    return value
+    return parse_option(name, value)
 
 
 def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", config: str | None = None) -> gr.Blocks:

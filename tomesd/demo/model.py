@@ -22,7 +22,14 @@ MAX_TOKENS = 16
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 #: Shared by the training noise schedule and the shipped sampling scheduler. A linear schedule ends at
 #: almost pure noise (alpha_bar_T ~ 4e-5), so the flat backgrounds' colour cannot leak through the noise.
-NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+#: The U-Net predicts v (velocity), not the noise: a flat image's colours can be read through the noise by
+#: averaging until very late in the forward process, so the prompt only decides them at the noisiest
+#: steps, where a noise-prediction loss weighs the image's content almost nothing (it weighs it by the
+#: signal-to-noise ratio) and the prompt was measured to be ignored; v-prediction weighs it at least 1.
+NOISE_SCHEDULE = {
+    "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+    "prediction_type": "v_prediction",
+}
 
 
 def build_tokenizer() -> CLIPTokenizer:

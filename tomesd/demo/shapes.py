@@ -107,6 +107,13 @@ def random_scene(rng: random.Random, split: str = "train", partial_captions: boo
     )
 
 
+def evaluation_captions(count: int, split: str = "held_out", seed: int = 0) -> list[str]:
+    """``count`` full captions (size, colour, shape and background named) of ``split``, fixed by ``seed``:
+    the prompts on which adherence is measured."""
+    rng = random.Random(f"evaluate/{split}/{seed}")
+    return [random_scene(rng, split, partial_captions=False).caption for _ in range(count)]
+
+
 def draw(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     """Render ``scene`` as a ``size`` x ``size`` RGB image, at a random scale (within its size word's range)
     and position (the shape always wholly inside).

@@ -25,7 +25,8 @@ from .state import PatchState
 
 OPTIONS: dict[str, Any] = {
     "ratio": 0.5,
-    "max_downsample": 1,
+    "max_downsample": None,
+    "min_tokens": 1024,
     "sx": 2,
     "sy": 2,
     "use_rand": True,
@@ -52,7 +53,8 @@ class DiffusersOptions:
     """Validated options of one patch (see :func:`apply` for their meaning)."""
 
     ratio: float
-    max_downsample: int
+    max_downsample: int | None
+    min_tokens: int
     sx: int
     sy: int
     use_rand: bool
@@ -67,13 +69,19 @@ class DiffusersOptions:
         _check_number("ratio", self.ratio, float)
         if not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be in [0, 1): the share of tokens merged away; got {self.ratio!r}")
-        for name in ("max_downsample", "sx", "sy", "seed", "kv_downsample"):
+        if self.max_downsample is not None:
+            _check_number("max_downsample", self.max_downsample, int)
+            if self.max_downsample < 1 or self.max_downsample & (self.max_downsample - 1):
+                raise ValueError(
+                    f"max_downsample must be None (automatic) or a power of two (1, 2, 4, 8); got {self.max_downsample!r}"
+                )
+        for name in ("min_tokens", "sx", "sy", "seed", "kv_downsample"):
             _check_number(name, getattr(self, name), int)
-        for name in ("max_downsample", "sx", "sy", "kv_downsample"):
+        for name in ("sx", "sy", "kv_downsample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
-        if self.max_downsample & (self.max_downsample - 1):
-            raise ValueError(f"max_downsample must be a power of two (1, 2, 4, 8); got {self.max_downsample!r}")
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be 0 or more; got {self.min_tokens!r}")
         for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
@@ -132,6 +140,8 @@ class BlockMerger:
         metric = self._input
         if metric is None or x.dim() != 3 or x.shape[:2] != metric.shape[:2]:
             return None
+        if metric.shape[1] < self.options.min_tokens:  # too few tokens for merging to pay
+            return None
         if self._plan is None:
             self._plan = self._match(metric)
         return self._plan
@@ -171,7 +181,8 @@ def apply(
     model: Any,
     state: PatchState,
     ratio: float = 0.5,
-    max_downsample: int = 1,
+    max_downsample: int | None = None,
+    min_tokens: int = 1024,
     sx: int = 2,
     sy: int = 2,
     use_rand: bool = True,
@@ -192,11 +203,14 @@ def apply(
         ratio: share of the tokens merged away, in [0, 1). Higher is faster and changes the image more;
             0.5 is a good start, past 0.6 details suffer. Tokens can only merge into another cell's
             destination, so at most ``1 - 1/(sx*sy)`` of them go.
-        max_downsample: merge in blocks whose latent is downsampled at most this much (1, 2, 4 or 8).
-            1 (the default) merges only at full latent resolution, where most tokens are; higher also
-            merges coarser levels, for little extra speed and more change. A model with no transformer
+        max_downsample: merge in blocks whose latent is downsampled at most this much (1, 2, 4 or 8), as
+            tomesd 0.1.3 did (its default was 1: full latent resolution only). A model with no transformer
             block at that level or finer (SDXL has none at full resolution) merges at its finest level
-            that has one instead, so merging always happens.
+            that has one instead, so merging always happens. None (the default) chooses by size instead:
+            every block with at least ``min_tokens`` tokens merges, whatever its level.
+        min_tokens: blocks with fewer tokens than this (per image, at the current resolution) never
+            merge: there the work merging saves is too small to pay for it, and each token stands for a
+            large part of the image. 1024 (the default) is a 32x32 grid; 0 merges everywhere selected.
         sx, sy: destination stride: one destination per ``sy``×``sx`` cell. 2×2 is the tested default.
         use_rand: draw each cell's destination at random (tomesd's default, fewer grid artefacts), from a
             generator of the patch's own, seeded by ``seed`` and the timestep: the user's RNG is never
@@ -217,7 +231,7 @@ def apply(
         TypeError: an option of the wrong type.
     """
     options = DiffusersOptions(
-        ratio, max_downsample, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp, seed, kv_downsample, matching
+        ratio, max_downsample, min_tokens, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp, seed, kv_downsample, matching
     )
     targets = list(_latent_models(model))
     if not targets:
@@ -269,7 +283,7 @@ def _patch_latent_model(root: nn.Module, levels: dict[nn.Module, int], options: 
     context = LatentContext(options.seed)
     _hook(state, root, _begin_latent(context), pre=True)
     finest = min(levels.values())
-    limit = max(options.max_downsample, finest)
+    limit = max(levels.values()) if options.max_downsample is None else max(options.max_downsample, finest)
     for block, level in levels.items():
         if level <= limit:
             _patch_block(block, BlockMerger(context, level, options), options, state)
