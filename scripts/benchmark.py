@@ -370,13 +370,15 @@ def machine_description(args: argparse.Namespace) -> str:
 def markdown_table(rows: list[Row], description: str, unit: str) -> str:
     """The results as Markdown: a context line and one row per setting."""
     with_quality = any(r.psnr is not None for r in rows)
-    header = f"| arch | px | variant | ratio | median {unit} (s) | speedup | limit |" + (
-        " PSNR (dB) | SSIM |" if with_quality else "")
+    with_limit = any(r.mergeable_share is not None for r in rows)
+    header = (f"| arch | px | variant | ratio | median {unit} (s) | speedup |" + (" limit |" if with_limit else "")
+              + (" PSNR (dB) | SSIM |" if with_quality else ""))
     lines = [description, "", header, "|" + " --- |" * (header.count("|") - 1)]
     for r in rows:
-        limit = "" if r.mergeable_share is None else f"{1 / (1 - r.mergeable_share):.2f}x ({r.mergeable_share:.0%})"
-        line = (f"| {r.arch} | {r.resolution} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x | "
-                f"{limit} |")
+        line = f"| {r.arch} | {r.resolution} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x |"
+        if with_limit:
+            share = r.mergeable_share
+            line += "  |" if share is None else f" {1 / (1 - share):.2f}x ({share:.0%}) |"
         if with_quality:
             line += f" {_decibels(r.psnr)} | {r.ssim:.4f} |"
         lines.append(line)
