@@ -4,18 +4,21 @@ Three stages, each resumable from its last checkpoint in ``--work``:
 
 1. ``vae``: the autoencoder learns to reconstruct 64-pixel shape images (MSE + a small KL term); its
    latent scaling factor is then set so that latents have unit standard deviation;
-2. ``unet``: the U-Net and the text encoder learn to denoise 32 x 32 latents (64-pixel images), with 10 %
-   empty captions for classifier-free guidance and an EMA copy of the weights;
+2. ``unet``: the U-Net and the text encoder learn to denoise 32 x 32 latents (64-pixel images) of the
+   posterior means, predicting v, with 10 % empty captions for classifier-free guidance and an EMA copy of
+   the weights;
 3. ``finetune``: the same at the shipped default size, 64 x 64 latents (128-pixel images).
 
 The EMA weights are written to ``--out`` (default: the shipped ``tomesd/demo_model``) after stages 2 and 3
 as a standard diffusers folder (safetensors). Every batch is drawn from a generator seeded by
 (seed, stage, step), so a run is reproducible and a resumed run continues exactly where it stopped.
 
-Measured on this machine with the default options (2 CPU cores shared with four other jobs, load 5-9,
-torch 2.14.1, 1 thread; 1 thread was 6x faster than 2 under that load): vae 1800 steps ~9 min, unet
-2500 steps ~55 min (0.7-1.6 s/step), finetune 80 steps ~7.7 min (4-7 s/step): ~72 min in all, with the
-run stopped and resumed from its checkpoints three times. The result is undertrained (see the README).
+Measured on this machine (2 CPU cores, torch 2.14.1) for the shipped weights, which are what the defaults
+give: vae 1800 steps ~9 min (1 thread, shared machine); unet 6000 steps ~58 min (2 threads at 3.5 steps/s
+while the machine was quiet, down to 7 s/step when other jobs took a core, so the run was resumed at step
+2000 with 1 thread: 1.9 steps/s); finetune 600 steps of batch 4, 9.7 min (2 threads, 1.04 steps/s). With
+2 threads on a quiet machine, those rates put the U-Net and fine-tune stages at about 40 min; on a shared
+machine use ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     parser.add_argument("--vae-steps", type=int, default=1800)
-    parser.add_argument("--unet-steps", type=int, default=2500)
-    parser.add_argument("--finetune-steps", type=int, default=80)
+    parser.add_argument("--unet-steps", type=int, default=6000)
+    parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=8, help="batch size of the vae and unet stages")
     parser.add_argument("--finetune-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (unet stage)")
