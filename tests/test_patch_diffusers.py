@@ -379,3 +379,15 @@ def test_pipeline_ratio_zero_is_bit_identical(tmp_path):
     base = _pipeline_call("sd1", pipe)
     tomesd.apply_patch(pipe, ratio=0)
     assert (_pipeline_call("sd1", pipe) == base).all()
+
+
+@pytest.mark.parametrize("matching", ["local", "global"])
+def test_merging_runs_on_the_meta_device_so_it_copies_nothing_to_the_host(matching):
+    # meta tensors have shapes but no values: any .item(), bincount or nonzero on them raises. Merging must
+    # not need one (a GPU would wait for it in every block). Only the timestep, a CPU tensor here, is read.
+    with torch.device("meta"):
+        unet = tiny.unet()
+    sample, timestep, text = _inputs(size=32)
+    tomesd.apply_patch(unet, ratio=0.5, matching=matching, **ANY)
+    seen = _token_counts(unet, lambda: _run(unet, (sample.to("meta"), timestep, text.to("meta"))), ("attn1", "ff"))
+    assert sorted(set(seen["attn1"])) == sorted(set(seen["ff"])) == [128, 512]

@@ -118,8 +118,10 @@ class MergePlan:
 
     @cached_property
     def _group_sizes(self) -> Tensor:
-        """(B * (N - r),) how many original tokens each merged row holds."""
-        return torch.bincount(self._flat_rows, minlength=self.rows.shape[0] * self.num_merged_tokens)
+        """(B * (N - r),) how many original tokens each merged row holds. (An index_add into a tensor of
+        known size, not ``bincount``, whose output size needs a device-to-host copy on GPUs.)"""
+        counts = torch.zeros(self.rows.shape[0] * self.num_merged_tokens, dtype=torch.long, device=self.rows.device)
+        return counts.index_add_(0, self._flat_rows, torch.ones_like(self._flat_rows))
 
 
 def _match(
@@ -128,11 +130,11 @@ def _match(
     """Bipartite soft matching of candidates to destinations by cosine similarity of ``metric``.
 
     With ``local_target`` (Na,), each candidate may only join that destination (-1: none), which costs
-    O(N·C) instead of the all-pairs O(N²·C).
+    O(N·C) instead of the all-pairs O(N²·C); the caller then clamps ``r`` to the candidates that have one
+    (known from the grid's shape, so no device-to-host copy is needed to count them).
     """
     batch = metric.shape[0]
-    allowed = src_idx.numel() if local_target is None else int((local_target >= 0).sum())
-    r = max(0, min(r, allowed))
+    r = max(0, min(r, src_idx.numel()))
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
         src, dst = metric.index_select(1, src_idx), metric.index_select(1, dst_idx)  # (B, Na, C), (B, Nb, C)
@@ -241,7 +243,10 @@ def bipartite_soft_matching_random2d(
         A :class:`MergePlan` for sequences of length h*w.
     """
     keep, src, dst = random2d_partition(h, w, sy, sx, generator, metric.device)
-    return _match(metric, keep, src, dst, r, _own_cell_destination(src, h, w, sy, sx) if local else None)
+    if not local:
+        return _match(metric, keep, src, dst, r)
+    candidates_in_cells = (h // sy) * (w // sx) * (sy * sx - 1)
+    return _match(metric, keep, src, dst, min(r, candidates_in_cells), _own_cell_destination(src, h, w, sy, sx))
 
 
 def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
