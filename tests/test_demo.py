@@ -18,7 +18,7 @@ from tomesd.demo import DEFAULT_SIZE, DEMO_MODEL_DIR, EXAMPLE_PROMPTS, load_pipe
 from tomesd.demo.__main__ import main as cli
 from tomesd.demo.detector import detect
 from tomesd.demo.model import build_tokenizer
-from tomesd.demo.shapes import HELD_OUT, Scene, draw, parse_caption, random_scene, vocabulary
+from tomesd.demo.shapes import HELD_OUT, Scene, draw, evaluation_captions, parse_caption, random_scene, vocabulary
 from tomesd.quality import adherence
 
 
@@ -149,8 +149,24 @@ def test_cli_rejects_a_size_that_is_not_a_multiple_of_8(tmp_path):
         cli(["--out", str(tmp_path / "x.png"), "--size", "30"])
 
 
+def _default_images(pipe, prompts):
+    generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    return pipe(prompts, num_inference_steps=tomesd.demo.DEFAULT_STEPS, guidance_scale=tomesd.demo.DEFAULT_GUIDANCE,
+                generator=generators).images
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the shipped weights are undertrained: adherence on held-out prompts is ~0.2", strict=False)
+def test_held_out_prompts_are_drawn_well_above_chance(pipe):
+    prompts = evaluation_captions(24, "held_out", seed=0)
+    images = _default_images(pipe, prompts)
+    score, chance = adherence(images, prompts), adherence(images, prompts[1:] + prompts[:1])
+    # model card: 0.854 against a chance of 0.292 on these prompts and seeds
+    assert score >= 0.75 and score >= 2 * chance
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="shapes are still rough: 0.773 measured on these 6 prompts (colours, backgrounds and sizes "
+                          "right, shapes often blobs)", strict=False)
 def test_example_prompts_are_drawn_at_the_default_size(pipe):
     images = [
         pipe(p, num_inference_steps=tomesd.demo.DEFAULT_STEPS, guidance_scale=tomesd.demo.DEFAULT_GUIDANCE,
