@@ -24,8 +24,9 @@ def apply_patch(model: Model, **options: Any) -> Model:
     """Patch ``model`` with token merging, in place, and return it.
 
     Diffusers pipelines and models (SD 1.x/2.x/XL, img2img, inpaint, ControlNet) take tomesd 0.1.3's
-    options: ``ratio=0.5, max_downsample=None, min_tokens=1024, sx=2, sy=2, use_rand=True, merge_attn=True,
-    merge_crossattn=False, merge_mlp=False`` (see :func:`tomesd.patch.diffusers.apply`). timm Vision
+    option names and a few more: ``ratio=0.5, max_downsample=None, min_tokens=1024, sx=2, sy=2,
+    use_rand=True, merge_attn=True, merge_crossattn=False, merge_mlp=True, seed=0, kv_downsample=2,
+    matching="local"`` (see :func:`tomesd.patch.diffusers.apply`). timm Vision
     Transformers take ``r`` (see :func:`tomesd.patch.timm.apply`); Segment Anything encoders see
     :func:`tomesd.patch.sam.apply`.
 

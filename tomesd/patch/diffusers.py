@@ -237,7 +237,8 @@ def apply(
         TypeError: an option of the wrong type.
     """
     options = DiffusersOptions(
-        ratio, max_downsample, min_tokens, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp, seed, kv_downsample, matching
+        ratio, max_downsample, min_tokens, sx, sy, use_rand, merge_attn, merge_crossattn, merge_mlp, seed,
+        kv_downsample, matching,
     )
     targets = list(_latent_models(model))
     if not targets:
