@@ -34,8 +34,8 @@ DEFAULT_SIZE = 128
 DEFAULT_STEPS = 20
 #: Classifier-free guidance scale.
 DEFAULT_GUIDANCE = 5.0
-#: Prompts in the model's caption grammar, covering its colours, shapes and sizes. The shipped weights are
-#: undertrained and do not draw them reliably yet (see the README's model card for the measured adherence).
+#: Prompts in the model's caption grammar, covering its colours, shapes and sizes. Colours, backgrounds and
+#: sizes come out as asked; shapes are still rough (see the README's model card for the measured adherence).
 EXAMPLE_PROMPTS = [
     "a red circle",
     "a large blue square on a yellow background",
