@@ -164,27 +164,25 @@ def unet_inputs(unet: Any, batch: int, resolution: int, seed: int = 0) -> dict[s
     return inputs
 
 
-def mergeable_share(unet: Any, inputs: dict[str, Any], min_tokens: int) -> float:
-    """Share of one unpatched forward's time spent in the self-attention and MLP (``attn1``, ``ff``) of the
-    transformer blocks with at least ``min_tokens`` tokens: what merging can touch with the default policy.
-    If merging made them free, the speedup would be ``1 / (1 - share)``."""
+def timed_calls(unet: Any, inputs: dict[str, Any]) -> tuple[list[tuple[int, float]], float]:
+    """One unpatched forward with timing hooks on the self-attention and MLP (``attn1``, ``ff``) of every
+    transformer block: (tokens, seconds) of each call, and the whole forward's seconds."""
     import time
 
-    spent = [0.0]
-    started: dict[int, float] = {}
+    calls: list[tuple[int, float]] = []
+    started: dict[int, tuple[int, float]] = {}
     handles = []
     sync = torch.accelerator.synchronize if unet.device.type != "cpu" else (lambda: None)
 
     def before(module: Any, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs["hidden_states"]
-        if x.shape[1] >= min_tokens:
-            sync()
-            started[id(module)] = time.perf_counter()
+        sync()
+        started[id(module)] = (x.shape[1], time.perf_counter())
 
     def after(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if id(module) in started:
-            sync()
-            spent[0] += time.perf_counter() - started.pop(id(module))
+        sync()
+        tokens, start = started.pop(id(module))
+        calls.append((tokens, time.perf_counter() - start))
 
     for block in unet.modules():
         if type(block).__name__ == "BasicTransformerBlock":
@@ -199,7 +197,14 @@ def mergeable_share(unet: Any, inputs: dict[str, Any], min_tokens: int) -> float
     finally:
         for handle in handles:
             handle.remove()
-    return spent[0] / total
+    return calls, total
+
+
+def mergeable_share(calls: list[tuple[int, float]], total: float, min_tokens: int) -> float:
+    """Share of a forward's time (from :func:`timed_calls`) spent in the self-attention and MLP calls with
+    at least ``min_tokens`` tokens: what merging can touch with the default policy. If merging made them
+    free, the speedup would be ``1 / (1 - share)``."""
+    return sum(seconds for tokens, seconds in calls if tokens >= min_tokens) / total
 
 
 def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, resolution: int, repeats: int,
@@ -220,7 +225,7 @@ def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, reso
     base = timings[settings[0].name]
     rows = [Row(arch, resolution, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base),
                 repeats, times_s=timings[s.name].seconds) for s in settings]
-    rows[0].mergeable_share = mergeable_share(unet, inputs, PATCH_OPTIONS["min_tokens"])
+    rows[0].mergeable_share = mergeable_share(*timed_calls(unet, inputs), PATCH_OPTIONS["min_tokens"])
     return rows
 
 

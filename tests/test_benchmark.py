@@ -118,12 +118,15 @@ def test_quality_on_the_demo_model_for_this_project_and_another_interpreter(tmp_
     assert "Quality on the demo model: 2 held-out prompts, 64 px, 2 steps" in table and table in capsys.readouterr().out
 
 
-def test_mergeable_share_counts_only_blocks_with_enough_tokens():
+def test_mergeable_share_counts_only_calls_with_enough_tokens():
     import tiny
 
     unet = tiny.unet()
     inputs = bench.unet_inputs(unet, batch=1, resolution=256)  # 32x32 latent: 1024 and 256 tokens
-    everything = bench.mergeable_share(unet, inputs, min_tokens=0)
-    first_level = bench.mergeable_share(unet, inputs, min_tokens=1024)
-    assert 0 < first_level < everything < 1
-    assert bench.mergeable_share(unet, inputs, min_tokens=10**6) == 0.0
+    calls, total = bench.timed_calls(unet, inputs)
+    assert sorted({tokens for tokens, _ in calls}) == [256, 1024]  # attn1 and ff of both levels
+    assert all(seconds > 0 for _, seconds in calls) and sum(s for _, s in calls) < total
+    everything = bench.mergeable_share(calls, total, min_tokens=0)
+    first_level = bench.mergeable_share(calls, total, min_tokens=1024)
+    assert 0 < first_level < everything < 1  # same forward's timings: level 2's calls make the difference
+    assert bench.mergeable_share(calls, total, min_tokens=10**6) == 0.0
