@@ -421,9 +421,10 @@ def plot_results(rows: list[Row], quality: list[QualityRow], path: Path, title: 
 
     figure = Figure(figsize=(11 if quality else 6.4, 4.2), layout="constrained")
     speed, *rest = figure.subplots(1, 2 if quality else 1, squeeze=False)[0]
-    baselines = {(r.arch, r.resolution, r.variant.startswith("tomesd ") and r.variant): r for r in rows if r.ratio == 0}
+    # ratio-0 rows: this project's baseline (variant "default") and, with --compare-013, tomesd 0.1.3's own
+    baselines = {(r.arch, r.resolution, r.variant): r for r in rows if r.ratio == 0}
     for arch, px, variant in dict.fromkeys((r.arch, r.resolution, r.variant) for r in rows if r.ratio > 0):
-        base = baselines.get((arch, px, variant.startswith("tomesd ") and variant)) or baselines[(arch, px, False)]
+        base = baselines.get((arch, px, variant)) or baselines[(arch, px, "default")]
         points = [base] + [r for r in rows if (r.arch, r.resolution, r.variant) == (arch, px, variant) and r.ratio > 0]
         speed.plot([p.ratio for p in points], [p.speedup for p in points], marker="o", label=f"{arch} {px}px {variant}")
     speed.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
@@ -509,13 +510,14 @@ def run_arch(arch: str, args: argparse.Namespace, settings: list[Setting]) -> tu
                                      defaults["guidance"], resolution, resolution)
             rows += measure_pipeline(pipe, settings, gen, args.seed, args.repeats, args.warmup, label)
         return rows, "generation"
+    resolutions = args.resolution or [1024 if arch == "sdxl" else 512]
     unet = build_unet(arch, parse_dtype(args.dtype), args.device)
-    for resolution in args.resolution or [1024 if arch == "sdxl" else 512]:
+    for resolution in resolutions:
         rows += measure_unet(arch, unet, settings, args.batch, resolution, args.repeats, args.warmup)
     if args.compare_013:
         del unet  # free its memory before the other process builds its own
         ratios = sorted({s.ratio for s in settings})
-        for resolution in args.resolution or [1024 if arch == "sdxl" else 512]:
+        for resolution in resolutions:
             rows += measure_tomesd013(arch, args.compare_013, ratios, args.batch, resolution, args.repeats,
                                       torch.get_num_threads())
     return rows, f"U-Net forward, batch {args.batch}"
