@@ -35,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     source.add_argument("--data", help="JSON-lines file of {context, question, answer}")
     source.add_argument("--task", choices=["tree"], help="built-in synthetic task")
     parser.add_argument("--tree-nodes", type=int, nargs=2, default=[4, 12], help="tree sizes for --task tree")
+    parser.add_argument("--tree-questions", type=int, default=1,
+                        help="questions labelled per training context for --task tree (evaluation asks one)")
     parser.add_argument("--k", type=int, default=4, help="block length: k context tokens become one")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -54,7 +56,7 @@ def parse_args() -> argparse.Namespace:
 def load_examples(args: argparse.Namespace) -> list[QAExample]:
     """The training + evaluation examples, shuffled reproducibly."""
     if args.task == "tree":
-        return tree_examples(20000, *args.tree_nodes, seed=args.seed)
+        return tree_examples(20000, *args.tree_nodes, seed=args.seed, questions=args.tree_questions)
     with open(args.data) as f:
         examples = [QAExample(**{key: row[key] for key in ("context", "question", "answer")})
                     for row in map(json.loads, filter(str.strip, f))]

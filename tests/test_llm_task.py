@@ -25,6 +25,18 @@ def test_examples_are_reproducible_and_sized():
     assert example.context.count(" is the parent of ") == 6
 
 
+def test_follow_up_questions_ask_distinct_children_of_the_same_tree():
+    for example in tree_examples(40, 2, 9, seed=5, questions=4):
+        parent_of = {s.split()[-1]: s.split()[0] for s in example.context.split(" .") if s.strip()}
+        asked = [question.split()[-2] for question, _ in example.turns()]
+        assert len(asked) == min(4, len(parent_of))  # as many as asked for, at most every child once
+        assert len(set(asked)) == len(asked)
+        assert all(parent_of[child] == answer for child, (_, answer) in zip(asked, example.turns()))
+    assert tree_examples(5, 3, 6, seed=1, questions=1)[0].follow_ups == ()
+    with pytest.raises(ValueError, match="questions must be >= 1"):
+        sample_tree_example(random.Random(0), 5, questions=0)
+
+
 def test_tokenizer_covers_the_task_and_survives_save_load(tmp_path):
     tokenizer = build_tree_tokenizer()
     tokenizer.save_pretrained(tmp_path)

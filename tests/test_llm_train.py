@@ -35,6 +35,22 @@ def test_labels_cover_the_answer_and_eos_only(tokenizer):
         assert tokenizer.decode(real_tail[:-2]) == example.question
 
 
+def test_follow_up_questions_are_labelled_like_the_first(tokenizer):
+    examples = tree_examples(3, 5, 8, seed=2, questions=3)
+    batch = encode_training_batch(tokenizer, examples)
+    for row, example in enumerate(examples):
+        assert len(example.turns()) == 3
+        expected_tail, expected_labels = [], []
+        for question, answer in example.turns():  # "question answer <eos>", labelled on "answer <eos>"
+            question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+            answer_ids = [tokenizer.convert_tokens_to_ids(answer), tokenizer.eos_token_id]
+            expected_tail += question_ids + answer_ids
+            expected_labels += [IGNORE_INDEX] * len(question_ids) + answer_ids
+        real = batch["tail_mask"][row].bool()
+        assert batch["tail_ids"][row][real].tolist() == expected_tail
+        assert batch["tail_labels"][row][real].tolist() == expected_labels
+
+
 def test_answer_loss_is_cross_entropy_on_answer_tokens(tokenizer):
     model = tiny_qwen(vocab=len(tokenizer))
     examples = tree_examples(3, 3, 7, seed=1)

@@ -33,34 +33,50 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "[EOS]", "unk_token": "[UNK
 
 @dataclass(frozen=True)
 class QAExample:
-    """One prompt: ``context`` (compressed), ``question`` (kept) and the one-word ``answer``."""
+    """One prompt: ``context`` (compressed), ``question`` (kept) and the one-word ``answer``.
+
+    ``follow_ups`` are further (question, answer) turns about the same context. Training labels each turn's
+    answer like the first one's, so one context teaches several lookups; evaluation asks ``question`` only.
+    """
 
     context: str
     question: str
     answer: str
+    follow_ups: tuple[tuple[str, str], ...] = ()
+
+    def turns(self) -> list[tuple[str, str]]:
+        """Every (question, answer) pair, the first one first."""
+        return [(self.question, self.answer), *self.follow_ups]
 
 
-def sample_tree_example(rng: random.Random, num_nodes: int) -> QAExample:
+def sample_tree_example(rng: random.Random, num_nodes: int, questions: int = 1) -> QAExample:
     """A random tree of ``num_nodes`` named nodes and a question about one non-root node's parent.
 
+    With ``questions > 1``, up to that many distinct non-root nodes are asked about (the first as
+    ``question``, the others as ``follow_ups``): a denser training signal for the same context.
+
     Raises:
-        ValueError: ``num_nodes`` outside [2, number of node names].
+        ValueError: ``num_nodes`` outside [2, number of node names], or ``questions`` below 1.
     """
     if not 2 <= num_nodes <= len(NODE_NAMES):
         raise ValueError(f"num_nodes must be in [2, {len(NODE_NAMES)}], got {num_nodes}")
+    if questions < 1:
+        raise ValueError(f"questions must be >= 1, got {questions}")
     names = rng.sample(NODE_NAMES, num_nodes)
     parent = {child: names[rng.randrange(i)] for i, child in enumerate(names[1:], start=1)}
     edges = list(parent.items())
     rng.shuffle(edges)
     context = " ".join(f"{p} is the parent of {c} ." for c, p in edges)
-    child = rng.choice(names[1:])
-    return QAExample(context, f"who is the parent of {child} ?", parent[child])
+    asked = [rng.choice(names[1:])] if questions == 1 else rng.sample(names[1:], min(questions, num_nodes - 1))
+    first, *others = [(f"who is the parent of {child} ?", parent[child]) for child in asked]
+    return QAExample(context, *first, follow_ups=tuple(others))
 
 
-def tree_examples(count: int, min_nodes: int, max_nodes: int, seed: int) -> list[QAExample]:
-    """``count`` examples with tree sizes drawn uniformly from [min_nodes, max_nodes], reproducible by ``seed``."""
+def tree_examples(count: int, min_nodes: int, max_nodes: int, seed: int, questions: int = 1) -> list[QAExample]:
+    """``count`` examples with tree sizes drawn uniformly from [min_nodes, max_nodes], reproducible by ``seed``
+    (``questions`` per context, see :func:`sample_tree_example`)."""
     rng = random.Random(seed)
-    return [sample_tree_example(rng, rng.randint(min_nodes, max_nodes)) for _ in range(count)]
+    return [sample_tree_example(rng, rng.randint(min_nodes, max_nodes), questions) for _ in range(count)]
 
 
 def parent_guess_accuracy(examples: list[QAExample]) -> float:

@@ -44,14 +44,19 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def encode_training_batch(tokenizer: Any, examples: Sequence[QAExample]) -> dict[str, Tensor]:
     """Token tensors for :func:`answer_loss`: contexts as :func:`~tomesd.llm.generate.tokenize_prompts`
-    makes them, and tails ``question answer <eos>`` right-padded, labelled on ``answer <eos>`` only."""
+    makes them, and tails ``question answer <eos>`` right-padded, labelled on ``answer <eos>`` only (one such
+    turn per question of the example, follow-ups included)."""
     batch = tokenize_prompts(tokenizer, [e.context for e in examples])
     tails, labels = [], []
     for example in examples:
-        question = tokenizer(example.question, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        tails.append(question + answer)
-        labels.append([IGNORE_INDEX] * len(question) + answer)
+        tail, label = [], []
+        for question_text, answer_text in example.turns():
+            question = tokenizer(question_text, add_special_tokens=False)["input_ids"]
+            answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            tail += question + answer
+            label += [IGNORE_INDEX] * len(question) + answer
+        tails.append(tail)
+        labels.append(label)
     batch["tail_ids"], batch["tail_mask"] = pad_sequences(tails)
     batch["tail_labels"] = pad_sequences(labels, IGNORE_INDEX)[0]
     return batch
