@@ -72,7 +72,6 @@ SDXL_UNET: dict[str, Any] = {
 }
 UNET_CONFIGS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}
 TOMESD013_PYTHON = Path(__file__).resolve().parents[1] / ".venv-tomesd013" / "bin" / "python"
-TEXT_TOKENS = 77
 
 
 @dataclass(frozen=True)
@@ -144,24 +143,26 @@ def build_unet(arch: str, dtype: torch.dtype = torch.float32, device: str = "cpu
 
 
 def unet_inputs(unet: Any, batch: int, resolution: int, seed: int = 0) -> dict[str, Any]:
-    """Random U-Net inputs for ``resolution`` pixels (latents at 1/8), incl. SD XL's extra conditioning."""
-    config = unet.config
-    g = torch.Generator().manual_seed(seed)
-    kwargs = {"dtype": unet.dtype}
-    inputs = {
-        "sample": torch.randn(batch, config.in_channels, resolution // 8, resolution // 8, generator=g),  # (B, 4, h, w)
-        "timestep": torch.tensor(500),
-        "encoder_hidden_states": torch.randn(batch, TEXT_TOKENS, config.cross_attention_dim, generator=g),  # (B, 77, C)
-    }
-    if config.addition_embed_type == "text_time":
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        inputs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(batch, pooled, generator=g).to(**kwargs),  # (B, 1280)
-            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch).to(**kwargs),
-        }
+    """Random U-Net inputs for ``resolution`` pixels (latents at 1/8), incl. SD XL's extra conditioning: the
+    compare worker's, so that both measure the same forward, cast to the U-Net's dtype and device."""
+    inputs = _compare_worker().unet_inputs(dict(unet.config), batch, resolution // 8, seed)
+    cast = {"device": unet.device, "dtype": unet.dtype}
     for key in ("sample", "encoder_hidden_states"):
-        inputs[key] = inputs[key].to(device=unet.device, **kwargs)
+        inputs[key] = inputs[key].to(**cast)
+    if "added_cond_kwargs" in inputs:
+        inputs["added_cond_kwargs"] = {k: v.to(**cast) for k, v in inputs["added_cond_kwargs"].items()}
     return inputs
+
+
+def _compare_worker() -> Any:
+    """``compare_worker.py`` as a module. It is a file, not part of the package, because it must also run
+    under tomesd 0.1.3's environment, where this package does not exist."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_worker", Path(__file__).with_name("compare_worker.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def timed_calls(unet: Any, inputs: dict[str, Any]) -> tuple[list[tuple[int, float]], float]:

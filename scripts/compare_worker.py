@@ -39,24 +39,29 @@ import tomesd
 BASELINE = "unpatched"
 
 
-def _unet_inputs(spec: dict) -> tuple[tuple, dict]:
-    """Seeded U-Net inputs for the spec's latent size, with SD XL's extra conditioning when configured."""
-    config, g = spec["config"], torch.Generator().manual_seed(0)
-    batch, latent = spec["batch"], spec["latent"]
-    sample = torch.randn(batch, config.get("in_channels", 4), latent, latent, generator=g)  # (B, 4, h, w)
-    text = torch.randn(batch, 77, config["cross_attention_dim"], generator=g)  # (B, 77, C)
-    kwargs = {}
+def unet_inputs(config: dict, batch: int, latent: int, seed: int = 0) -> dict:
+    """Seeded fp32 U-Net keyword inputs for a ``latent`` x ``latent`` sample (``latent * 8`` pixels), with SD
+    XL's extra conditioning when ``config`` has it. Shared with ``benchmark.py``, which casts them."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "sample": torch.randn(batch, config.get("in_channels", 4), latent, latent, generator=g),  # (B, 4, h, w)
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(batch, 77, config["cross_attention_dim"], generator=g),  # (B, 77, C)
+    }
     if config.get("addition_embed_type") == "text_time":
         pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled, generator=g),
-                                       "time_ids": torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]] * batch)}
-    return (sample, torch.tensor(500), text), kwargs
+        pixels = latent * 8
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=g),  # (B, 1280)
+            "time_ids": torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]] * batch).float(),
+        }
+    return inputs
 
 
-def _timed(unet: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[float, torch.Tensor]:
+def _timed(unet: torch.nn.Module, inputs: dict) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     with torch.no_grad():
-        out = unet(*args, **kwargs).sample
+        out = unet(**inputs).sample
     return time.perf_counter() - start, out
 
 
@@ -66,18 +71,18 @@ def measure_speed(spec: dict) -> dict:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**spec["config"]).eval()
-    args, kwargs = _unet_inputs(spec)
-    _timed(unet, args, kwargs)  # warm-up: first-call allocations
+    inputs = unet_inputs(spec["config"], spec["batch"], spec["latent"])
+    _timed(unet, inputs)  # warm-up: first-call allocations
     baseline: list[float] = []
     times: dict[str, list[float]] = {s["label"]: [] for s in spec["settings"]}
     deviation: dict[str, float] = {}
     for _ in range(spec["repeats"]):
         tomesd.remove_patch(unet)
-        elapsed, reference = _timed(unet, args, kwargs)
+        elapsed, reference = _timed(unet, inputs)
         baseline.append(elapsed)
         for setting in spec["settings"]:
             tomesd.apply_patch(unet, **setting["options"])
-            elapsed, out = _timed(unet, args, kwargs)
+            elapsed, out = _timed(unet, inputs)
             tomesd.remove_patch(unet)
             times[setting["label"]].append(elapsed)
             deviation[setting["label"]] = float((out - reference).abs().mean() / reference.abs().mean())
