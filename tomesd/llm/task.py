@@ -67,6 +67,7 @@ def sample_tree_example(rng: random.Random, num_nodes: int, questions: int = 1) 
     edges = list(parent.items())
     rng.shuffle(edges)
     context = " ".join(f"{p} is the parent of {c} ." for c, p in edges)
+    # One question draws as before follow-ups existed, so earlier held-out sets stay the same.
     asked = [rng.choice(names[1:])] if questions == 1 else rng.sample(names[1:], min(questions, num_nodes - 1))
     first, *others = [(f"who is the parent of {child} ?", parent[child]) for child in asked]
     return QAExample(context, *first, follow_ups=tuple(others))
