@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -154,8 +155,9 @@ def unet_inputs(unet: Any, batch: int, resolution: int, seed: int = 0) -> dict[s
     return inputs
 
 
+@functools.cache
 def _compare_worker() -> Any:
-    """``compare_worker.py`` as a module. It is a file, not part of the package, because it must also run
+    """``compare_worker.py`` as a module, loaded once. It is a file, not part of the package, because it must also run
     under tomesd 0.1.3's environment, where this package does not exist."""
     import importlib.util
 
