@@ -194,12 +194,14 @@ def test_a_long_comparison_can_be_cancelled_and_the_next_one_runs(page):
     _progress(page)
     page.click("#stop")
     status = _status(page, "Cancelled.", timeout=30_000)  # said by the run itself once it has stopped
+    page.wait_for_function("document.querySelector('#stop-note').innerText.includes('Stop requested')")
     assert "Error" not in status and "Done" not in status
     assert page.locator("#gallery img").count() == 0
     _tiny_settings(page, steps=1)
     page.click("#run")
     assert "Done" in _status(page, "Done", timeout=60_000)
     assert page.locator("#gallery img").count() == 4
+    assert "Stop requested" not in page.inner_text("#stop-note")  # a new run clears the note
 
 
 def test_a_single_file_model_asks_for_its_configs_then_runs_with_them(page, tiny_pipeline_dir, tmp_path):

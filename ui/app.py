@@ -17,6 +17,7 @@ __all__ = ["Cancelled", "ModelCache", "build_app"]
 
 RATIO_CHOICES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 DEFAULT_RATIOS = [0.0, 0.3, 0.5, 0.7]
+STOP_REQUESTED = "Stop requested: the run ends after its current step (or before it starts, if it waits in the queue)."
 
 
 class Cancelled(Exception):
@@ -129,13 +130,14 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
         yield _outputs(status="Working…")
         yield compare(request.session_hash, values, progress)
 
-    def forget_stop(request: gr.Request) -> None:
-        """A Stop pressed when nothing of this page was running does not cancel its next run."""
+    def forget_stop(request: gr.Request) -> str:
+        """A Stop pressed when nothing of this page was running does not cancel its next run; clears its note."""
         cancel_requests.discard(request.session_hash)
+        return ""
 
     def request_cancel(request: gr.Request) -> str:
         cancel_requests.add(request.session_hash)
-        return "Stopping after the current step (or before starting, if waiting in the queue)…"
+        return STOP_REQUESTED
 
     with gr.Blocks(title="tomesd A/B") as app:
         gr.Markdown("# tomesd A/B: token merging ratios side by side")
@@ -164,6 +166,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                 with gr.Row():
                     run_button = gr.Button("Compare", variant="primary", elem_id="run")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                stop_note = gr.Markdown(elem_id="stop-note")
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="generations", columns=4, height="auto", elem_id="gallery", format="png")
@@ -174,12 +177,14 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
         gr.Examples([[p] for p in defaults["prompts"]], inputs=[prompt])
         inputs = [model_box, config_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
                   *option_controls]
-        run_button.click(forget_stop, None, None, queue=False).then(
+        run_button.click(forget_stop, None, stop_note, queue=False).then(
             run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1
         )
         # Outside the queue, so it acts while a run holds the queue's one slot. Not Gradio's ``cancels``: that
         # drops the run's outputs at once while its step goes on; the run itself reports "Cancelled." instead.
-        stop_button.click(request_cancel, None, status, queue=False)
+        # Its note goes to its own element: written to the status, a reply arriving after the run's "Cancelled."
+        # (the run can stop within a step, before the reply reaches the page) would overwrite it for good.
+        stop_button.click(request_cancel, None, stop_note, queue=False)
     return app
 
 
