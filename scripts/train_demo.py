@@ -14,11 +14,9 @@ as a standard diffusers folder (safetensors). Every batch is drawn from a genera
 (seed, stage, step), so a run is reproducible and a resumed run continues exactly where it stopped.
 
 Measured on this machine (2 CPU cores, torch 2.14.1) for the shipped weights, which are what the defaults
-give: vae 1800 steps ~9 min (1 thread, shared machine); unet 6000 steps ~58 min (2 threads at 3.5 steps/s
-while the machine was quiet, down to 7 s/step when other jobs took a core, so the run was resumed at step
-2000 with 1 thread: 1.9 steps/s); finetune 600 steps of batch 4, 9.7 min (2 threads, 1.04 steps/s). With
-2 threads on a quiet machine, those rates put the U-Net and fine-tune stages at about 40 min; on a shared
-machine use ``--threads 1``.
+give: vae 1800 steps ~9 min (1 thread, shared machine); unet 9000 steps 76 min (1 thread, 1.96 steps/s,
+while another job held the other core; run in three resumed parts: 3000, 7000, 9000 steps); finetune 1000
+steps of batch 4, ~18 min (2 threads, ~0.95 steps/s). On a shared machine use ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -50,8 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     parser.add_argument("--vae-steps", type=int, default=1800)
-    parser.add_argument("--unet-steps", type=int, default=6000)
-    parser.add_argument("--finetune-steps", type=int, default=600)
+    parser.add_argument("--unet-steps", type=int, default=9000)
+    parser.add_argument("--finetune-steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=8, help="batch size of the vae and unet stages")
     parser.add_argument("--finetune-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (unet stage)")

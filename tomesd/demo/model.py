@@ -89,16 +89,22 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_unet() -> UNet2DConditionModel:
-    """A three-level U-Net with cross-attention transformer blocks at its first two levels (random weights)."""
+    """A four-level U-Net with cross-attention transformer blocks at its first two levels (random weights).
+
+    The fourth level (stride 8 in latent pixels) is there for the large shapes: a large shape is 35-48
+    latent pixels wide at 128 px, and the three-level version (no attention after stride 4) drew anything
+    wider than ~15 latent pixels as a blob. The transformer blocks carry no position embedding, so their
+    attention cannot supply the geometry; only the convolutions' reach can.
+    """
     return UNet2DConditionModel(
         sample_size=64,
         in_channels=4,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64, 128, 128),
         layers_per_block=1,
-        attention_head_dim=(1, 2, 4),
+        attention_head_dim=(1, 2, 4, 4),
         cross_attention_dim=64,
         norm_num_groups=8,
     )
