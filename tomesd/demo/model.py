@@ -92,7 +92,7 @@ def build_unet() -> UNet2DConditionModel:
     """A four-level U-Net with cross-attention transformer blocks at its first two levels (random weights).
 
     The fourth level (stride 8 in latent pixels) is there for the large shapes: a large shape is 35-48
-    latent pixels wide at 128 px, and the three-level version (no attention after stride 4) drew anything
+    latent pixels wide at 128 px, and the three-level version (lowest level at stride 4) drew anything
     wider than ~15 latent pixels as a blob. The transformer blocks carry no position embedding, so their
     attention cannot supply the geometry; only the convolutions' reach can.
     """
