@@ -149,6 +149,18 @@ def test_cli_rejects_a_size_that_is_not_a_multiple_of_8(tmp_path):
         cli(["--out", str(tmp_path / "x.png"), "--size", "30"])
 
 
+def test_training_rate_warms_up_holds_then_anneals_to_a_tenth():
+    from scripts.train_demo import learning_rate
+
+    rates = [learning_rate(step, 1000, 1e-3, anneal_start=600) for step in range(1000)]
+    assert rates[0] == pytest.approx(1e-5) and rates[99] == pytest.approx(1e-3)
+    assert rates[100:601] == [pytest.approx(1e-3)] * 501
+    assert all(later <= earlier for earlier, later in zip(rates[600:], rates[601:]))
+    assert rates[-1] == pytest.approx(1e-4)
+    # anneal_start=0: the cosine starts at once, under the warm-up
+    assert learning_rate(999, 1000, 3e-4, anneal_start=0) == pytest.approx(3e-5)
+
+
 def _default_images(pipe, prompts):
     generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     return pipe(prompts, num_inference_steps=tomesd.demo.DEFAULT_STEPS, guidance_scale=tomesd.demo.DEFAULT_GUIDANCE,
