@@ -80,10 +80,10 @@ def learning_rate(step: int, steps: int, peak: float, anneal_start: int, warmup:
     """Linear warm-up over ``warmup`` steps, ``peak`` until ``anneal_start``, then a cosine to ``peak / 10``
     at the last step."""
     rate = peak * min(1.0, (step + 1) / warmup)
-    if step < anneal_start or steps <= anneal_start:
+    if step < anneal_start:
         return rate
-    progress = (step - anneal_start) / max(1, steps - 1 - anneal_start)
-    return rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    progress = (step - anneal_start) / max(1, steps - 1 - anneal_start)  # 0 at anneal_start, 1 at the last step
+    return rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
