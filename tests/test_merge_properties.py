@@ -104,6 +104,13 @@ def small_grids(draw):
     return _grid_case(draw, w, h, sx, sy)
 
 
+def grid_plan(case: dict):
+    """Features for a drawn grid case and the plan the grid matching makes of them."""
+    w, h = case["w"], case["h"]
+    x = features(case["batch"], w * h, case["channels"], case["dtype"], case["seed"], case["coarse"])
+    return x, bipartite_soft_matching_random2d(x, w, h, case["sx"], case["sy"], case["r"], local=case["local"])
+
+
 def _cells(positions: torch.Tensor, w: int, sx: int, sy: int) -> torch.Tensor:
     return (positions // w // sy) * (w // sx) + (positions % w) // sx
 
@@ -112,8 +119,7 @@ def _cells(positions: torch.Tensor, w: int, sx: int, sy: int) -> torch.Tensor:
 @given(grids())
 def test_grid_matching_merges_the_documented_count_and_stays_in_cells_when_local(case):
     w, h, sx, sy = case["w"], case["h"], case["sx"], case["sy"]
-    x = features(case["batch"], w * h, case["channels"], case["dtype"], case["seed"], case["coarse"])
-    plan = bipartite_soft_matching_random2d(x, w, h, sx, sy, case["r"], local=case["local"])
+    x, plan = grid_plan(case)
     cells = (h // sy) * (w // sx)
     # every token but one destination per cell is a candidate; local matching only those inside whole cells
     candidates = cells * (sx * sy - 1) if case["local"] else w * h - cells
@@ -134,9 +140,7 @@ def test_grid_matching_merges_the_documented_count_and_stays_in_cells_when_local
 @PROPERTY
 @given(small_grids())
 def test_a_grid_smaller_than_one_cell_gives_a_plan_that_merges_nothing(case):
-    w, h, sx, sy = case["w"], case["h"], case["sx"], case["sy"]
-    x = features(case["batch"], w * h, case["channels"], case["dtype"], case["seed"], case["coarse"])
-    plan = bipartite_soft_matching_random2d(x, w, h, sx, sy, case["r"], local=case["local"])
+    x, plan = grid_plan(case)
     check_plan(plan, x, 0)
 
 

@@ -82,12 +82,7 @@ def whole(value: Any, name: str, low: int | None = None, high: int | None = None
             ``name`` and the accepted range.
     """
     accepted = _accepted_range(low, high)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{name} is empty; accepted: {accepted}")
-    try:
-        number_value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not a number; accepted: {accepted}") from None
+    number_value = _as_float(value, name, accepted)
     if not math.isfinite(number_value) or not number_value.is_integer():
         raise ValueError(f"{name}={value!r} is not a whole number; accepted: {accepted}")
     result = int(value) if isinstance(value, int) else int(number_value)
@@ -103,12 +98,7 @@ def number(value: Any, name: str, low: float) -> float:
         ValueError: blank, not a finite number, or below ``low``; the message names ``name`` and the range.
     """
     accepted = f"a number of {low:g} or more"
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{name} is empty; accepted: {accepted}")
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not a number; accepted: {accepted}") from None
+    result = _as_float(value, name, accepted)
     if not math.isfinite(result) or result < low:
         raise ValueError(f"{name}={value!r} is out of range; accepted: {accepted}")
     return result
@@ -133,6 +123,16 @@ def check_strides(options: dict[str, Any], width: int, height: int, scale: int) 
                 f"patch option {name}={options[name]} is larger than the token grid at this size ({side} {pixels} "
                 f"px / {scale} = {cells} tokens); accepted: 1 to {cells}"
             )
+
+
+def _as_float(value: Any, name: str, accepted: str) -> float:
+    """``value`` as a float; blank (None, "") or not a number raises ValueError naming ``name``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{name} is empty; accepted: {accepted}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}={value!r} is not a number; accepted: {accepted}") from None
 
 
 def _accepted_range(low: int | None, high: int | None) -> str:
