@@ -37,8 +37,8 @@ class ServerLimits:
     max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        for name, flag in (("max_pixels", "--max-pixels"), ("max_steps", "--max-steps"), ("max_seconds", "--max-seconds")):
-            value = getattr(self, name)
+        for name in ("max_pixels", "max_steps", "max_seconds"):
+            value, flag = getattr(self, name), "--" + name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{flag} must be a positive number; got {value!r}")
 

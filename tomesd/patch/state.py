@@ -80,9 +80,8 @@ def patches_within(obj: Any) -> list[PatchState]:
 def hook_counts(obj: Any) -> dict[int, tuple[nn.Module, int]]:
     """Forward (pre-)hook count of every module of ``obj``'s models, by module id: taken before and after a
     patch, it tells which modules the patch hooked, whichever family did it."""
-    return {
-        id(m): (m, len(m._forward_pre_hooks) + len(m._forward_hooks)) for model in models_of(obj) for m in model.modules()
-    }
+    modules = [m for model in models_of(obj) for m in model.modules()]
+    return {id(m): (m, len(m._forward_pre_hooks) + len(m._forward_hooks)) for m in modules}
 
 
 def mark(obj: Any, state: PatchState, counts_before: dict[int, tuple[nn.Module, int]], copy_model: Copier,
