@@ -99,14 +99,18 @@ def _patched_copy(obj: Any, state: PatchState, memo: dict) -> Any:
 
 def _reduce_unpatched(obj: Any, state: PatchState, protocol: int) -> Any:
     """Pickle ``obj`` as if unpatched: reduce a copy made without the patch that shares its tensors."""
-    shared = {id(t): t for model in models_of(obj) for t in (*model.parameters(), *model.buffers())}
-    return _unpatched_copy(obj, state, shared).__reduce_ex__(protocol)
+    return _unpatched_copy(obj, state, _own_tensors(obj)).__reduce_ex__(protocol)
 
 
 def _reduce_patched(obj: Any, state: PatchState, protocol: int) -> Any:
     """Pickle a patched model or pipeline as its unpatched self and its options; loading re-applies them."""
-    shared = {id(t): t for model in models_of(obj) for t in (*model.parameters(), *model.buffers())}
-    return _repatch, (_unpatched_copy(obj, state, shared), dict(state.options))
+    return _repatch, (_unpatched_copy(obj, state, _own_tensors(obj)), dict(state.options))
+
+
+def _own_tensors(obj: Any) -> dict[int, Any]:
+    """A deepcopy memo mapping every parameter and buffer of ``obj``'s models to itself: a copy made with it
+    shares them, so pickling through it costs no second copy of the weights."""
+    return {id(t): t for model in models_of(obj) for t in (*model.parameters(), *model.buffers())}
 
 
 def _repatch(model: Model, options: dict[str, Any]) -> Model:
