@@ -58,10 +58,18 @@ def unet_inputs(config: dict, batch: int, latent: int, seed: int = 0) -> dict:
     return inputs
 
 
+def call_unet(unet: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """The U-Net's output for ``inputs`` (from :func:`unet_inputs`), called as diffusers' pipelines call it:
+    sample and timestep positionally. tomesd 0.1.3's forward pre-hook reads the sample from ``args[0]``, so
+    a keyword-only call fails under it."""
+    rest = {name: value for name, value in inputs.items() if name not in ("sample", "timestep")}
+    return unet(inputs["sample"], inputs["timestep"], **rest).sample
+
+
 def _timed(unet: torch.nn.Module, inputs: dict) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     with torch.no_grad():
-        out = unet(**inputs).sample
+        out = call_unet(unet, inputs)
     return time.perf_counter() - start, out
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -74,13 +75,13 @@ class App:
     process: subprocess.Popen
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """``python -m ui`` as a user starts it: the embedded demo model, default host; offline, empty hub cache."""
+def _serve(tmp_path_factory, *flags: str):
+    """``python -m ui`` as a user starts it, with ``flags``: the embedded demo model, default host; offline,
+    empty hub cache. Yields the running :class:`App`."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT),
            "HF_HUB_CACHE": str(tmp_path_factory.mktemp("hub-cache"))}
-    process = subprocess.Popen([sys.executable, "-m", "ui", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "ui", "--port", str(port), *flags],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -95,6 +96,11 @@ def app(tmp_path_factory):
     yield App(url, process)
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    yield from _serve(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +252,99 @@ def test_queued_runs_wait_and_stop_acts_on_its_own_page_only(browser, app, page)
         assert other.locator("#gallery img").count() == 4
     finally:
         other.close()
+
+
+# ---------------------------------------------------------------- the server through its API (gradio_client)
+
+#: The API server's limits: a small pixel limit (so a flag is seen to change it), and a time budget that
+#: ends a run nobody stops (the abandoned-run test asserts a much quicker start than this budget).
+API_FLAGS = ("--max-pixels", "16384", "--max-steps", "2000", "--max-seconds", "30")
+#: The patch options after "timed runs per ratio", in the page's order, at their defaults.
+DEFAULT_OPTIONS = {"max_downsample": "auto", "min_tokens": 1024, "sx": 2, "sy": 2, "use_rand": True, "merge_attn": True,
+                   "merge_crossattn": False, "merge_mlp": True, "seed": 0, "kv_downsample": 2, "matching": "local"}
+QUICK = {"model": "", "config": "", "prompt": "a red circle", "negative": "", "seed": 0, "steps": 1, "guidance": 5.0,
+         "width": 64, "height": 64, "ratios": [0.0, 0.5], "repeats": 1}
+#: About 2000 steps at 128 px: minutes of work on this machine unless something stops it.
+LONG = {**QUICK, "steps": 1000, "width": 128, "height": 128}
+
+
+def api_values(request: dict, **options) -> list:
+    return [*request.values(), *{**DEFAULT_OPTIONS, **options}.values()]
+
+
+@pytest.fixture(scope="module")
+def api_app(tmp_path_factory):
+    yield from _serve(tmp_path_factory, *API_FLAGS)
+
+
+@pytest.fixture(scope="module")
+def client(api_app):
+    from gradio_client import Client
+
+    return Client(api_app.url, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "changes, options, message",
+    [
+        ({"guidance": None}, {}, "guidance is empty; accepted: a number of 0 or more"),
+        ({"seed": 1e20}, {}, "seed=100000000000000000000 is out of range; accepted: whole numbers from 0 to "),
+        ({}, {"sx": 64}, "patch option sx=64 is larger than the token grid at this size (width 64 px / 2 = 32 "
+                         "tokens); accepted: 1 to 32"),
+        ({"steps": None}, {}, "steps is empty; accepted: whole numbers from 1 to 1000"),
+        ({"width": 100000}, {}, "width x height = 100000 x 64 = 6400000 pixels is over this server's limit of "
+                                "16384 pixels per image (python -m ui --max-pixels changes it)"),
+        ({"width": 8192, "height": 8192}, {}, "67108864 pixels is over this server's limit of 16384"),
+        ({"width": 136, "height": 136}, {}, "18496 pixels is over this server's limit of 16384"),  # --max-pixels
+        ({"steps": 1000, "repeats": 10**6, "ratios": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}, {},
+         "steps x timed runs x ratios = 1000 x 1000000 x 10 = 10000000000 denoising steps is over this server's "
+         "limit of 2000 per request (python -m ui --max-steps changes it)"),
+        ({"repeats": 0}, {}, "timed runs per ratio=0 is out of range; accepted: whole numbers from 1"),
+    ],
+    ids=["blank_guidance", "huge_seed", "stride_over_grid", "blank_steps", "wide", "huge", "over_flag", "steps_budget",
+         "no_runs"],
+)
+def test_the_server_refuses_out_of_range_values_quickly_naming_the_field(client, changes, options, message):
+    """The page's controls are no protection: the API takes any value, so the server function checks them."""
+    start = time.monotonic()
+    status = client.predict(*api_values({**QUICK, **changes}, **options), api_name="/run")[-1]
+    assert time.monotonic() - start < 10  # refused before any work (a run of these would take minutes or fail)
+    assert status.startswith("**Error:**") and message in status
+
+
+def test_an_abandoned_run_is_cancelled_and_the_next_users_run_starts_within_seconds(api_app, client):
+    """A client that submits minutes of work and disconnects must not hold the one worker: Gradio marks its job
+    dead when its event stream closes, and the run stops at its next step."""
+    abandoner = subprocess.Popen([sys.executable, "-c", ABANDONER, api_app.url, json.dumps(api_values(LONG))],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert abandoner.stdout.readline().strip() == "running", abandoner.stderr.read()
+    finally:
+        abandoner.kill()
+        abandoner.wait()
+    start = time.monotonic()
+    job = client.submit(*api_values(QUICK), api_name="/run")
+    while job.status().code.name not in ("PROCESSING", "FINISHED"):
+        assert time.monotonic() - start < 20, "the next run still waits for the abandoned one"
+        time.sleep(0.1)
+    assert "Done" in job.result(timeout=60)[-1]
+
+
+#: Submits a long run, says "running" once the server reports progress of it, then waits to be killed.
+ABANDONER = """
+import json, sys, time
+from gradio_client import Client
+job = Client(sys.argv[1], verbose=False).submit(*json.loads(sys.argv[2]), api_name="/run")
+while not any(p.index for p in job.status().progress_data or []):
+    time.sleep(0.1)
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_past_the_time_budget_stops_and_says_which_flag_changes_it(client):
+    start = time.monotonic()
+    status = client.predict(*api_values(LONG), api_name="/run")[-1]
+    assert re.match(r"\*\*Stopped:\*\* stopped after \d+ s: over this server's time budget of 30 s per request "
+                    r"\(python -m ui --max-seconds changes it\)", status), status
+    assert time.monotonic() - start < 90  # the budget (30 s), its last step, and loading

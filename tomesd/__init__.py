@@ -8,15 +8,15 @@ exactly. See each family's options in :mod:`tomesd.patch.diffusers`, :mod:`tomes
 
 from __future__ import annotations
 
+import copy
 from typing import Any, TypeVar
 
 from .patch import family_of
-from .patch.state import PatchState
+from .patch.state import PatchState, hook_counts, mark, models_of, patches_within, state_of
 
 __version__ = "0.2.0"
 __all__ = ["apply_patch", "remove_patch", "is_patched", "__version__"]
 
-_STATE_ATTR = "_tomesd"
 Model = TypeVar("Model")
 
 
@@ -30,8 +30,17 @@ def apply_patch(model: Model, **options: Any) -> Model:
     Transformers take ``r`` (see :func:`tomesd.patch.timm.apply`); Segment Anything encoders see
     :func:`tomesd.patch.sam.apply`.
 
-    A model that is already patched is unpatched first, so applying twice equals applying once with the
-    new options. On any error the model is left as it was (with its previous patch, if any).
+    One model carries at most one patch, wherever it was applied from: any patch already on ``model``, on
+    the models of a pipeline ``model``, or on a module inside them (or on the pipeline holding them) is
+    removed first, so applying twice equals applying once with the new options, and patching a pipeline
+    after its U-Net (or the other way round) leaves the newer patch only. On any error the model is left
+    as it was (with its previous patches, if any).
+
+    Copies: ``copy.deepcopy`` of a patched pipeline or model (also of a model a pipeline patch reached) is
+    patched the same way with its own, independent patch (``remove_patch`` on the copy works and leaves
+    the original patched); a copy of a module inside a patched model is unpatched. ``pickle`` and
+    ``torch.save`` store the unpatched model with the options, and loading re-applies the patch. Both
+    briefly remove the original's patch while they copy: do not copy a model that another thread is running.
 
     Raises:
         TypeError: the model is of no supported family, or an option is unknown for its family.
@@ -39,33 +48,74 @@ def apply_patch(model: Model, **options: Any) -> Model:
     """
     family = family_of(model)
     options = _with_defaults(family, options)
-    previous = getattr(model, "__dict__", {}).get(_STATE_ATTR)
-    remove_patch(model)
-    state = PatchState(family.__name__.rsplit(".", 1)[-1], options)
+    previous = [(state.owner, state.options) for state in patches_within(model)]
+    for owner, _ in previous:
+        remove_patch(owner)
+    state = PatchState(family.__name__.rsplit(".", 1)[-1], options, owner=model)
     try:
+        counts = hook_counts(model)
         family.apply(model, state, **options)
+        mark(model, state, counts, _patched_copy, _unpatched_copy, _reduce_patched, _reduce_unpatched)
     except BaseException:
         state.undo()
-        if previous is not None:  # put back the patch the model had: nothing lost
-            apply_patch(model, **previous.options)
+        for owner, owner_options in previous:  # put back the patches there were: nothing lost
+            apply_patch(owner, **owner_options)
         raise
-    setattr(model, _STATE_ATTR, state)
     return model
 
 
 def remove_patch(model: Model) -> Model:
     """Undo :func:`apply_patch` completely: every processor, module and attribute it changed is restored,
-    every attribute it added deleted. Does nothing on an unpatched model. Returns ``model``."""
-    state = getattr(model, "__dict__", {}).get(_STATE_ATTR)
+    every attribute it added deleted. ``model`` may be the object the patch was applied to or any model it
+    touched: removing through a pipeline's U-Net removes the pipeline's patch (from all its models, as
+    removing through the pipeline does). Does nothing on an unpatched model. Returns ``model``."""
+    state = state_of(model)
     if state is not None:
         state.undo()
-        delattr(model, _STATE_ATTR)
     return model
 
 
 def is_patched(model: Any) -> bool:
-    """Whether ``model`` currently carries a tomesd patch."""
-    return isinstance(getattr(model, "__dict__", {}).get(_STATE_ATTR), PatchState)
+    """Whether ``model`` currently carries a tomesd patch (applied to it, or to a pipeline holding it)."""
+    return state_of(model) is not None
+
+
+def _unpatched_copy(obj: Any, state: PatchState, memo: dict) -> Any:
+    """``copy.deepcopy(obj)`` as if the patch were not there: the owner's patch is removed while copying and
+    put back after."""
+    owner, options = state.owner, state.options
+    remove_patch(owner)
+    try:
+        return copy.deepcopy(obj, memo)
+    finally:
+        apply_patch(owner, **options)
+
+
+def _patched_copy(obj: Any, state: PatchState, memo: dict) -> Any:
+    """A deep copy of a patched model or pipeline, patched the same way with its own state."""
+    options = dict(state.options)
+    return apply_patch(_unpatched_copy(obj, state, memo), **options)
+
+
+def _reduce_unpatched(obj: Any, state: PatchState, protocol: int) -> Any:
+    """Pickle ``obj`` as if unpatched: reduce a copy made without the patch that shares its tensors."""
+    return _unpatched_copy(obj, state, _own_tensors(obj)).__reduce_ex__(protocol)
+
+
+def _reduce_patched(obj: Any, state: PatchState, protocol: int) -> Any:
+    """Pickle a patched model or pipeline as its unpatched self and its options; loading re-applies them."""
+    return _repatch, (_unpatched_copy(obj, state, _own_tensors(obj)), dict(state.options))
+
+
+def _own_tensors(obj: Any) -> dict[int, Any]:
+    """A deepcopy memo mapping every parameter and buffer of ``obj``'s models to itself: a copy made with it
+    shares them, so pickling through it costs no second copy of the weights."""
+    return {id(t): t for model in models_of(obj) for t in (*model.parameters(), *model.buffers())}
+
+
+def _repatch(model: Model, options: dict[str, Any]) -> Model:
+    """Unpickling a patched model: the unpatched model, patched again with its options."""
+    return apply_patch(model, **options)
 
 
 def _with_defaults(family: Any, options: dict[str, Any]) -> dict[str, Any]:

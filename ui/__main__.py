@@ -7,6 +7,7 @@ import argparse
 from tomesd.loading import DEMO, DTYPES
 
 from .app import build_app
+from .limits import ServerLimits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +23,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    defaults = ServerLimits()
+    parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                        help=f"largest width x height per image a request may ask for (default {defaults.max_pixels})")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                        help="most denoising steps per request, steps x timed runs x ratios (default "
+                             f"{defaults.max_steps})")
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                        help="time budget of one request once its model is loaded; it stops after the step that "
+                             f"passes it (default {defaults.max_seconds:g})")
     args = parser.parse_args(argv)
-    app = build_app(args.model, args.device, args.dtype, args.config)
+    try:
+        limits = ServerLimits(args.max_pixels, args.max_steps, args.max_seconds)
+    except ValueError as error:
+        parser.error(str(error))
+    app = build_app(args.model, args.device, args.dtype, args.config, limits)
     app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

@@ -4,6 +4,7 @@ image-difference numbers. Build it with :func:`build_app`; ``python -m ui`` laun
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Iterator
 
 import gradio as gr
@@ -11,7 +12,8 @@ import gradio as gr
 from tomesd.compare import GenerationSettings, parse_option, patch_option_defaults
 from tomesd.loading import DEMO, default_settings, load_pipeline
 
-from .comparison import compare_ratios, results_table, speed_chart
+from .comparison import compare_ratios, parse_ratios, results_table, speed_chart
+from .limits import SEED_MAX, OverBudget, ServerLimits, check_strides, number, whole
 
 __all__ = ["Cancelled", "ModelCache", "build_app"]
 
@@ -60,13 +62,23 @@ def _option_value(name: str, default: Any, value: Any) -> Any:
     if isinstance(default, bool):
         return bool(value)
     if isinstance(default, int):
-        return _whole(value, f"patch option {name}")
+        return whole(value, f"patch option {name}")
     if isinstance(default, float):
-        return float(value)
-    return parse_option(name, value)
+        return number(value, f"patch option {name}", 0)
+    return parse_option(name, "" if value is None else value)
 
 
-def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", config: str | None = None) -> gr.Blocks:
+def _client_gone(app: gr.Blocks, session: str | None) -> bool:
+    """Whether Gradio's queue has given up every job of ``session``: it marks them dead when their client's
+    event stream closes (a closed tab, a killed API client). Gradio has no public call for this; where its
+    queue does not look as expected, nothing counts as gone (the run then ends on Stop or its time budget)."""
+    jobs = [job for job_set in getattr(getattr(app, "_queue", None), "active_jobs", None) or [] if job_set
+            for job in job_set if getattr(job, "session_hash", None) == session]
+    return bool(jobs) and not any(getattr(job, "alive", True) for job in jobs)
+
+
+def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", config: str | None = None,
+              limits: ServerLimits = ServerLimits()) -> gr.Blocks:
     """The app's page and its handlers.
 
     Args:
@@ -74,6 +86,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
         device: where generations run.
         dtype: weights dtype name ("float32", "float16", "bfloat16").
         config: for a single ``.safetensors`` model, its configs (see :func:`tomesd.loading.load_pipeline`).
+        limits: what one request may ask (pixels, steps, seconds); checked by the server, whatever the page
+            or an API client sends.
 
     Returns:
         The Gradio Blocks; call ``.queue(default_concurrency_limit=1).launch(...)`` (``python -m ui`` does).
@@ -88,33 +102,55 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
     # Held only between yields, so a generator Gradio abandons can never keep it.
     busy = threading.Lock()
 
-    def compare(session: str | None, values: tuple, progress: gr.Progress) -> tuple:
-        """Run one comparison on the page's input ``values`` (in the order of ``inputs`` below) and return the
-        outputs: results, or a status saying why there are none."""
+    def checked(values: tuple) -> tuple:
+        """The request's input ``values`` (in the order of ``inputs`` below), checked and typed, limits
+        included: model source, its config, settings, seed, ratios, timed runs, patch options.
+
+        Raises:
+            ValueError, TypeError: a value out of range or over a limit, named with what is accepted.
+        """
         (model_source, model_config, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
          *option_values) = values
+        settings = GenerationSettings(prompt, negative or "", whole(steps, "steps", 1, 1000),
+                                      number(guidance, "guidance", 0), whole(width, "width", 8),
+                                      whole(height, "height", 8))
+        ratio_list = parse_ratios(ratios or [])
+        runs = whole(repeats, "timed runs per ratio", 1)
+        limits.check(settings.width, settings.height, settings.steps, runs, len(ratio_list))
+        patch_options = {
+            name: _option_value(name, default, value) for (name, default), value in zip(options.items(), option_values)
+        }
+        return (model_source or "", model_config or "", settings, whole(seed, "seed", 0, SEED_MAX), ratio_list, runs,
+                patch_options)
+
+    def compare(session: str | None, values: tuple, progress: gr.Progress) -> tuple:
+        """Run one comparison on the page's input ``values`` and return the outputs: results, or a status
+        saying why there are none. Bad values are refused before the run waits for the pipeline."""
+        try:
+            model_source, model_config, settings, seed, ratios, repeats, patch_options = checked(values)
+        except (ValueError, TypeError) as error:
+            return _outputs(status=f"**Error:** {error}")
         with busy:
             try:
-                settings = GenerationSettings(prompt, negative, _whole(steps, "steps"), float(guidance),
-                                              _whole(width, "width"), _whole(height, "height"))
-                patch_options = {
-                    name: _option_value(name, default, value)
-                    for (name, default), value in zip(options.items(), option_values)
-                }
-                if session in cancel_requests:  # Stop was pressed while this run waited in the queue
+                if session in cancel_requests or _client_gone(app, session):  # Stop pressed / gone while queued
                     raise Cancelled
                 progress(0, desc=f"loading model {model_source or DEMO}")
                 pipe = cache.get(model_source, model_config)
+                check_strides(patch_options, settings.width, settings.height, getattr(pipe, "vae_scale_factor", 8))
+                start = time.monotonic()
 
                 def on_step(stage: str, step: int, total: int) -> None:
-                    if session in cancel_requests:
+                    if session in cancel_requests or _client_gone(app, session):
                         raise Cancelled
+                    if time.monotonic() - start > limits.max_seconds:
+                        raise limits.over_budget(time.monotonic() - start)
                     progress((step, total), desc=stage)
 
-                results = compare_ratios(pipe, settings, _whole(seed, "seed"), ratios, patch_options,
-                                         _whole(repeats, "repeats"), on_step=on_step)
+                results = compare_ratios(pipe, settings, seed, ratios, patch_options, repeats, on_step=on_step)
             except Cancelled:
                 return _outputs(status="Cancelled.")
+            except OverBudget as error:
+                return _outputs(status=f"**Stopped:** {error}")
             except Exception as error:  # shown in the page; the app keeps serving
                 return _outputs(status=f"**Error:** {error}")
         return _outputs(
@@ -122,7 +158,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
             diffs=[(r.diff_map, f"ratio {r.ratio:g}: |difference| x4 vs ratio 0") for r in results],
             table=results_table(results),
             chart=speed_chart(results),
-            status=f"Done: {len(results)} ratios, {int(repeats)} timed run(s) each, medians shown.",
+            status=f"Done: {len(results)} ratios, {repeats} timed run(s) each, medians shown.",
         )
 
     # ``request`` comes first: Gradio injects it only as a positional parameter.
@@ -191,10 +227,3 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
 def _outputs(gallery: Any = None, diffs: Any = None, table: str = "", chart: Any = None, status: str = "") -> tuple:
     """The five outputs in order; a run that failed clears the previous results."""
     return gallery, diffs, table, chart, status
-
-
-def _whole(value: Any, name: str) -> int:
-    """A whole number from a Gradio input, or a clear error."""
-    if value is None or float(value) != int(value):
-        raise ValueError(f"{name}={value!r} must be a whole number")
-    return int(value)
