@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 import tomesd
-from tomesd.compare import GenerationSettings, check_ratio, parse_option, set_ratio
-from tomesd.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
+from tomesd.lab.generation import GenerationSettings, check_ratio, parse_option, set_ratio
+from tomesd.lab.loading import DEMO, DTYPES, default_settings, load_pipeline, parse_dtype
 from tomesd.patch.diffusers import OPTIONS as PATCH_OPTIONS
-from tomesd.timing import execution_device, time_interleaved, timed_pipeline_call
+from tomesd.lab.timing import execution_device, time_interleaved, timed_pipeline_call
 
 # Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): 859,520,964 parameters.
 SD15_UNET: dict[str, Any] = {

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import tomesd  # noqa: E402
-from tomesd.visualize import drawn_images  # noqa: E402
+from tomesd.lab.visualize import drawn_images  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -34,9 +34,9 @@ from typing import Any, Iterable
 import torch
 
 import tomesd
-from tomesd.compare import GenerationSettings, check_ratio, generate, parse_option, patch_option_defaults
-from tomesd.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, check_placement, default_settings, load_pipeline
-from tomesd.timing import execution_device
+from tomesd.lab.generation import GenerationSettings, check_ratio, generate, parse_option, patch_option_defaults
+from tomesd.lab.loading import ATTENTION, DEMO, DTYPES, OFFLOAD, check_placement, default_settings, load_pipeline
+from tomesd.lab.timing import execution_device
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.md"

@@ -21,7 +21,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tomesd.visualize import drawn_images, visualize_timm_merges  # noqa: E402
+from tomesd.lab.visualize import drawn_images, visualize_timm_merges  # noqa: E402
 
 
 def main() -> None:

@@ -308,7 +308,7 @@ def test_a_single_safetensors_model_runs_with_config_and_says_so_without(tiny_pi
     import ldm_checkpoint
     from safetensors.torch import save_file
 
-    from tomesd.loading import load_pipeline
+    from tomesd.lab.loading import load_pipeline
 
     path = tmp_path / "community-model.safetensors"
     save_file(ldm_checkpoint.ldm_state_dict(load_pipeline(tiny_pipeline_dir)), str(path))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tomesd
-from tomesd.compare import GenerationSettings
+from tomesd.lab.generation import GenerationSettings
 from ui.comparison import compare_ratios, parse_ratios, results_table, speed_chart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def test_a_single_file_model_asks_for_its_configs_then_runs_with_them(page, tiny
     import ldm_checkpoint
     from safetensors.torch import save_file
 
-    from tomesd.loading import load_pipeline
+    from tomesd.lab.loading import load_pipeline
 
     path = tmp_path / "community-model.safetensors"
     save_file(ldm_checkpoint.ldm_state_dict(load_pipeline(tiny_pipeline_dir)), str(path))

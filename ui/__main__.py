@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tomesd.loading import DEMO, DTYPES
+from tomesd.lab.loading import DEMO, DTYPES
 
 from .app import build_app
 

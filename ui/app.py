@@ -8,8 +8,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from tomesd.compare import GenerationSettings, parse_option, patch_option_defaults
-from tomesd.loading import DEMO, default_settings, load_pipeline
+from tomesd.lab.generation import GenerationSettings, parse_option, patch_option_defaults
+from tomesd.lab.loading import DEMO, default_settings, load_pipeline
 
 from .comparison import compare_ratios, results_table, speed_chart
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 from PIL import Image, ImageChops
 
 import tomesd
-from tomesd.compare import Generation, GenerationSettings, check_ratio, generate
+from tomesd.lab.generation import Generation, GenerationSettings, check_ratio, generate
 
 __all__ = ["RatioResult", "compare_ratios", "parse_ratios", "results_table", "speed_chart"]
 

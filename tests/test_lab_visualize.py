@@ -13,7 +13,7 @@ timm = pytest.importorskip("timm")
 
 import tomesd  # noqa: E402
 from tomesd.patch import timm as tome_timm  # noqa: E402
-from tomesd.visualize import draw_merge_groups, drawn_images, group_labels, visualize_timm_merges  # noqa: E402
+from tomesd.lab.visualize import draw_merge_groups, drawn_images, group_labels, visualize_timm_merges  # noqa: E402
 
 
 def tiny_vit() -> torch.nn.Module:

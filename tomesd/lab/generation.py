@@ -1,4 +1,4 @@
-"""One generation at one merge ratio, timed: the unit of work of the A/B app, the batch generator and the
+"""One generation at one merge ratio, timed: the unit of work of the ratio sweep (the app), the batch engine and the
 demo-model benchmark."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 import tomesd
-from tomesd.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
+from tomesd.lab.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
 
 __all__ = [
     "Generation", "GenerationSettings", "check_ratio", "generate", "parse_option", "patch_option_defaults", "set_ratio",
@@ -149,7 +149,7 @@ def generate(
         seed: seeds a CPU generator, so an image does not depend on the device's RNG.
         ratio: token merging ratio, 0 (no merging) to below 1.
         options: other patch options (see ``tomesd.patch.diffusers.OPTIONS``).
-        on_step: see :func:`tomesd.timing.timed_pipeline_call`; may raise to cancel.
+        on_step: see :func:`tomesd.lab.timing.timed_pipeline_call`; may raise to cancel.
 
     Returns:
         A :class:`Generation`.

@@ -1,11 +1,11 @@
-"""tomesd.timing: interleaving order, medians and speedups, pipeline step timing, peak memory."""
+"""tomesd.lab.timing: interleaving order, medians and speedups, pipeline step timing, peak memory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tomesd.timing import PeakMemory, Timing, time_interleaved, timed_pipeline_call
+from tomesd.lab.timing import PeakMemory, Timing, time_interleaved, timed_pipeline_call
 
 
 def test_settings_are_timed_in_turns_after_untimed_warmup_rounds():
