@@ -265,7 +265,7 @@ def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings
                      warmup: int, arch: str) -> list[Row]:
     """Median seconds of whole generations per setting, interleaved, with PSNR/SSIM of each setting's image
     against the ratio-0 image (same prompt and seed)."""
-    from tomesd.quality import psnr, ssim
+    from tomesd.lab.quality import against_baseline
 
     images: dict[str, Any] = {}
 
@@ -286,12 +286,12 @@ def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings
     tomesd.remove_patch(pipe)
     base_name = settings[0].name
     base = timings[base_name]
-    return [
-        Row(arch, gen.width, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base), repeats,
-            float(psnr(images[base_name], images[s.name])), float(ssim(images[base_name], images[s.name])),
-            timings[s.name].seconds)
-        for s in settings
-    ]
+    rows = []
+    for s in settings:
+        metrics = against_baseline([images[base_name]], [images[s.name]])
+        rows.append(Row(arch, gen.width, s.variant, s.ratio, timings[s.name].median,
+                        timings[s.name].speedup_over(base), repeats, metrics.psnr, metrics.ssim, timings[s.name].seconds))
+    return rows
 
 
 # ---------------------------------------------------------------- quality on the demo model
@@ -320,7 +320,8 @@ def measure_quality(python: Path, settings: dict[str, Setting], prompts: list[st
     from PIL import Image
 
     from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, DEMO_MODEL_DIR
-    from tomesd.quality import adherence, psnr, ssim
+    from tomesd.demo.adherence import adherence
+    from tomesd.lab.quality import against_baseline
 
     spec = {
         "mode": "images", "model": str(DEMO_MODEL_DIR), "prompts": prompts, "seed": args.seed, "size": DEFAULT_SIZE,
@@ -334,12 +335,9 @@ def measure_quality(python: Path, settings: dict[str, Setting], prompts: list[st
     implementation = f"tomesd {result['tomesd']}"
     rows = [QualityRow(implementation, "unpatched", 0.0, adherence(reference, prompts), float("inf"), 1.0)]
     for label, drawn in images.items():
-        setting = settings[label]
-        rows.append(QualityRow(
-            implementation, setting.variant, setting.ratio, adherence(drawn, prompts),
-            statistics.fmean(psnr(a, b) for a, b in zip(reference, drawn)),
-            statistics.fmean(ssim(a, b) for a, b in zip(reference, drawn)),
-        ))
+        setting, metrics = settings[label], against_baseline(reference, drawn)
+        rows.append(QualityRow(implementation, setting.variant, setting.ratio, adherence(drawn, prompts),
+                               metrics.psnr, metrics.ssim))
     return rows
 
 

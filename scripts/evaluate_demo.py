@@ -22,7 +22,8 @@ from tqdm import tqdm
 import tomesd
 from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, load_pipeline
 from tomesd.demo.shapes import evaluation_captions
-from tomesd.quality import adherence, adherence_details, psnr, ssim
+from tomesd.demo.adherence import adherence, adherence_details
+from tomesd.lab.quality import against_baseline
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,14 +91,9 @@ def main() -> None:
         images[ratio] = generate(pipe, prompts, args, f"ratio {ratio}")
         seconds = time.perf_counter() - started
         tomesd.remove_patch(pipe)
-        reference = images[0.0]
-        rows.append({
-            "ratio": ratio,
-            "adherence": adherence(images[ratio], prompts),
-            "psnr": float(np.mean([psnr(a, b) for a, b in zip(images[ratio], reference)])),  # inf if all identical
-            "ssim": float(np.mean([ssim(a, b) for a, b in zip(images[ratio], reference)])),
-            "seconds": seconds,
-        })
+        metrics = against_baseline(images[0.0], images[ratio])
+        rows.append({"ratio": ratio, "adherence": adherence(images[ratio], prompts), "psnr": metrics.psnr,
+                     "ssim": metrics.ssim, "seconds": seconds})
     chance = adherence(images[0.0], prompts[1:] + prompts[:1])
     per_attribute = _per_attribute(adherence_details(images[0.0], prompts))
     report = _markdown(rows, chance, per_attribute, args)

@@ -116,7 +116,7 @@ def _stage(on_step: Callable[[str, int, int], None] | None, stage: str) -> Calla
 
 def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
     """Medians per ratio, speedups against ratio 0 and differences from the ratio-0 image."""
-    from tomesd.quality import psnr, ssim
+    from tomesd.lab.quality import against_baseline
 
     base_runs = runs[0.0]
     base_image = base_runs[0].image
@@ -125,6 +125,7 @@ def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
     for ratio, generations in runs.items():
         image = generations[0].image
         seconds = statistics.median(g.run.seconds for g in generations)
+        metrics = against_baseline([base_image], [image])
         results.append(
             RatioResult(
                 ratio=ratio,
@@ -132,8 +133,8 @@ def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
                 seconds=seconds,
                 its=statistics.median(g.run.its for g in generations),
                 speedup=base_seconds / seconds,
-                psnr=float(psnr(base_image, image)),
-                ssim=float(ssim(base_image, image)),
+                psnr=metrics.psnr,
+                ssim=metrics.ssim,
                 diff_map=_difference_map(base_image, image),
             )
         )

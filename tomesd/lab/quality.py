@@ -1,15 +1,17 @@
-"""Image quality numbers that make a merge ratio's cost measurable.
+"""Image quality numbers that make a merge ratio's cost measurable, against the unmerged generation.
 
 * :func:`psnr` and :func:`ssim` compare a merged generation with the unmerged one of the same seed;
-* :func:`adherence` says how much of what the prompts ask the images show, read by the demo model's
-  deterministic detector (:mod:`tomesd.demo.detector`); :func:`adherence_details` gives it per image.
+* :func:`against_baseline` averages both over images paired with their baselines: the one "metrics against
+  the baseline" figure of the ratio sweep, the benchmarks and the demo evaluation.
 
-Images are RGB, as ``PIL.Image`` or uint8 (H, W, 3) numpy arrays.
+Images are RGB, as ``PIL.Image`` or uint8 (H, W, 3) numpy arrays. Nothing here needs diffusers; the demo
+model's prompt adherence lives with the demo (:mod:`tomesd.demo.adherence`).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,16 +20,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .demo.detector import detect, to_array
-from .demo.shapes import parse_caption
-
-__all__ = ["AdherenceResult", "adherence", "adherence_details", "psnr", "ssim"]
+__all__ = ["BaselineMetrics", "against_baseline", "psnr", "ssim"]
 
 ImageLike = Image.Image | np.ndarray
 
 
+def _rgb(image: ImageLike) -> np.ndarray:
+    """``image`` as a uint8 (H, W, 3) array; a TypeError or ValueError for anything else."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a PIL.Image or a uint8 (H, W, 3) numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} of shape {image.shape}")
+    return image
+
+
 def _pair(a: ImageLike, b: ImageLike) -> tuple[np.ndarray, np.ndarray]:
-    a, b = to_array(a), to_array(b)
+    a, b = _rgb(a), _rgb(b)
     if a.shape != b.shape:
         raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
     return a, b
@@ -79,54 +89,39 @@ def ssim(a: ImageLike, b: ImageLike, window: int = 11, sigma: float = 1.5) -> fl
 
 
 @dataclass(frozen=True)
-class AdherenceResult:
-    """One image judged against its prompt: what was asked, what was seen, which attributes match."""
+class BaselineMetrics:
+    """How far a set of images is from its baseline images, averaged over the pairs.
 
-    prompt: str
-    asked: dict[str, str]
-    detected: dict[str, str | None]
+    Attributes:
+        psnr: mean PSNR in dB (``inf`` as soon as one pair is identical and none is worse than ``inf``:
+            ``inf`` only when every image equals its baseline).
+        ssim: mean SSIM (1.0 when every image equals its baseline).
+    """
 
-    @property
-    def matched(self) -> dict[str, bool]:
-        """For each asked attribute, whether the detector saw it."""
-        return {name: self.detected[name] == value for name, value in self.asked.items()}
-
-    @property
-    def score(self) -> float:
-        """Fraction of this prompt's asked attributes that were detected."""
-        return sum(self.matched.values()) / len(self.asked)
+    psnr: float
+    ssim: float
 
 
-def adherence_details(images: Sequence[ImageLike], prompts: Sequence[str]) -> list[AdherenceResult]:
-    """Judge each image against its prompt with the demo detector.
+def against_baseline(baseline: Sequence[ImageLike], images: Sequence[ImageLike]) -> BaselineMetrics:
+    """Mean PSNR and SSIM of each image against the baseline image at the same position (same prompt and
+    seed, unmerged).
 
     Args:
-        images: RGB images (PIL or uint8 (H, W, 3) arrays).
-        prompts: one demo-grammar prompt per image, e.g. ``"a small red circle on a yellow background"``.
+        baseline: the reference images, e.g. ratio 0's.
+        images: as many images of the setting being measured, in the same order.
 
     Returns:
-        One :class:`AdherenceResult` per image, in order.
+        A :class:`BaselineMetrics`.
 
     Raises:
-        ValueError: the counts differ, there are no images, or a prompt is not in the demo grammar.
-        TypeError: an image is neither a PIL image nor a numpy array.
+        ValueError: the counts differ or there are no images; or as :func:`psnr` / :func:`ssim`.
+        TypeError: as :func:`psnr` / :func:`ssim`, or a single image given instead of a sequence.
     """
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, one per image, not a single string")
-    if len(images) != len(prompts) or not images:
-        raise ValueError(f"need one prompt per image and at least one image, got {len(images)} images "
-                         f"and {len(prompts)} prompts")
-    asked = [parse_caption(p) for p in prompts]  # fail on a bad prompt before detecting anything
-    return [AdherenceResult(p, a, detect(img).as_dict()) for img, p, a in zip(images, prompts, asked)]
-
-
-def adherence(images: Sequence[ImageLike], prompts: Sequence[str]) -> float:
-    """Fraction of all the attributes the prompts ask (colour, shape, and size / background when named)
-    that the detector finds in the images: 1.0 when every image shows everything asked.
-
-    Raises:
-        ValueError, TypeError: as :func:`adherence_details`.
-    """
-    results = adherence_details(images, prompts)
-    matched = sum(sum(r.matched.values()) for r in results)
-    return matched / sum(len(r.asked) for r in results)
+    if isinstance(baseline, (Image.Image, np.ndarray)) or isinstance(images, (Image.Image, np.ndarray)):
+        raise TypeError("against_baseline takes sequences of images (e.g. [image]), not a single image")
+    if len(baseline) != len(images) or not images:
+        raise ValueError(f"need one baseline per image and at least one image, got {len(baseline)} baselines "
+                         f"and {len(images)} images")
+    pairs = list(zip(baseline, images))
+    return BaselineMetrics(psnr=statistics.fmean(psnr(a, b) for a, b in pairs),
+                           ssim=statistics.fmean(ssim(a, b) for a, b in pairs))
