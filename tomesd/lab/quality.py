@@ -26,14 +26,14 @@ ImageLike = Image.Image | np.ndarray
 
 
 def _rgb(image: ImageLike) -> np.ndarray:
-    """``image`` as a uint8 (H, W, 3) array; a TypeError or ValueError for anything else."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
+    """``image`` as a uint8 (H, W, 3) array; a TypeError or ValueError for anything else. (The demo detector
+    checks its images alike, but importing it would pull in diffusers.)"""
+    array = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else image
+    if not isinstance(array, np.ndarray):
         raise TypeError(f"expected a PIL.Image or a uint8 (H, W, 3) numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} of shape {image.shape}")
-    return image
+    if array.dtype != np.uint8 or array.shape[2:] != (3,) or array.ndim != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array, got {array.dtype} of shape {array.shape}")
+    return array
 
 
 def _pair(a: ImageLike, b: ImageLike) -> tuple[np.ndarray, np.ndarray]:
