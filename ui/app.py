@@ -10,8 +10,7 @@ import gradio as gr
 
 from tomesd.lab.generation import GenerationSettings, parse_option, patch_option_defaults
 from tomesd.lab.loading import DEMO, default_settings, load_pipeline
-
-from .comparison import compare_ratios, results_table, speed_chart
+from tomesd.lab.sweep import compare_ratios, results_table, speed_chart
 
 __all__ = ["Cancelled", "ModelCache", "build_app"]
 

@@ -1,4 +1,4 @@
-"""The A/B comparison behind the app: one prompt and seed at several merge ratios, timed interleaved,
+"""The ratio sweep behind the app: one prompt and seed at several merge ratios side by side, timed in turns,
 each image compared with the ratio-0 one. No Gradio here, so it is testable on its own."""
 
 from __future__ import annotations
