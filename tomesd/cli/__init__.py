@@ -22,6 +22,7 @@ class Command(NamedTuple):
 
 COMMANDS = {
     "generate": Command("tomesd.cli.generate", "batch generation at several merge ratios, with a speed log"),
+    "bench": Command("tomesd.cli.bench", "U-Net / pipeline speed (and demo-model quality) against the baseline"),
 }
 
 
