@@ -19,6 +19,14 @@ def test_settings_are_timed_in_turns_after_untimed_warmup_rounds():
     assert all(s > 0 for t in timings.values() for s in t.seconds)
 
 
+def test_alternating_rounds_reverse_the_order_every_other_round():
+    calls = []
+    timings = time_interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"},
+                               repeats=2, warmup=1, alternate=True)
+    assert "".join(calls) == "abc" + "cba" + "abc"  # warm-up, then two timed rounds
+    assert {name: len(t.seconds) for name, t in timings.items()} == {"a": 2, "b": 2, "c": 2}
+
+
 def test_median_and_speedup():
     slow, fast = Timing((3.0, 1.0, 2.0)), Timing((0.5, 2.0, 1.0))
     assert slow.median == 2.0 and fast.median == 1.0

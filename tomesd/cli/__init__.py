@@ -23,6 +23,7 @@ class Command(NamedTuple):
 COMMANDS = {
     "generate": Command("tomesd.cli.generate", "batch generation at several merge ratios, with a speed log"),
     "bench": Command("tomesd.cli.bench", "U-Net / pipeline speed (and demo-model quality) against the baseline"),
+    "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement"),
     "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
 }
 
