@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": Command("tomesd.cli.bench", "U-Net / pipeline speed (and demo-model quality) against the baseline"),
     "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement"),
     "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
+    "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image"),
 }
 
 
