@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tomesd.cli import COMMANDS, main
+from tomesd.cli import COMMANDS, Command, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,21 @@ def test_a_missing_or_unknown_subcommand_exits_2_with_the_list(argv, message, ca
     assert message in err and "generate" in err
 
 
+def test_a_command_whose_optional_dependency_is_missing_says_which_extra_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(COMMANDS, "fake", Command("a_module_this_environment_lacks", "a stand-in", "ui"))
+    assert main(["fake"]) == 2
+    assert "pip install 'tomesd[ui]'" in capsys.readouterr().err
+
+
+def test_the_app_module_runs_from_another_directory(tmp_path):
+    """``python -m tomesd.ui`` needs no particular working directory (the slow install test runs ``tomesd app``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "tomesd.ui", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--share" in done.stdout and "--model" in done.stdout
+
+
 @pytest.mark.slow
 def test_pip_install_gives_a_working_command_from_any_directory(tmp_path):
     """``pip install .`` (no editable link: a wheel built from this tree, its package data included) into a
@@ -62,6 +77,8 @@ def test_pip_install_gives_a_working_command_from_any_directory(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(site)  # the installed copy, not this clone
     listing = subprocess.run([*command, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert all(name in listing.stdout for name in COMMANDS)
+    app = subprocess.run([*command, "app", "--help"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert app.returncode == 0 and "usage: tomesd app" in app.stdout, app.stderr
     done = subprocess.run([*command, "generate", "--prompt", "a red circle", "--ratios", "0", "0.5", "--steps", "1",
                            "--width", "64", "--height", "64", "--no-warmup", "--threads", "1", "--out", "run"],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)

@@ -14,18 +14,22 @@ __all__ = ["COMMANDS", "main"]
 
 
 class Command(NamedTuple):
-    """A subcommand: the module whose ``main(argv, prog)`` runs it, and one line of help."""
+    """A subcommand: the module whose ``main(argv, prog)`` runs it, one line of help, and the optional
+    dependencies (``pip install 'tomesd[extra]'``) it needs beyond the core ones."""
 
     module: str
     summary: str
+    extra: str | None = None
 
 
 COMMANDS = {
     "generate": Command("tomesd.cli.generate", "batch generation at several merge ratios, with a speed log"),
+    "app": Command("tomesd.ui.__main__", "the A/B app in the browser: one prompt at several ratios side by side", "ui"),
     "bench": Command("tomesd.cli.bench", "U-Net / pipeline speed (and demo-model quality) against the baseline"),
-    "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement"),
+    "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement", "vision"),
     "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
-    "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image"),
+    "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image",
+                                "vision"),
 }
 
 
@@ -48,5 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{usage()}\n\ntomesd: error: {problem}", file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name].module)
-    return module.main(rest, prog=f"tomesd {name}") or 0
+    command = COMMANDS[name]
+    try:
+        module = importlib.import_module(command.module)
+        return module.main(rest, prog=f"tomesd {name}") or 0
+    except ModuleNotFoundError as error:
+        if command.extra is None or error.name is None or error.name.startswith("tomesd"):
+            raise
+        print(f"tomesd {name}: error: it needs {error.name!r}, one of the optional dependencies: "
+              f"pip install 'tomesd[{command.extra}]'", file=sys.stderr)
+        return 2

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("nothing to measure: give --arch and/or --quality N")
     if args.quality or set(args.arch) - {"pipeline"}:
         check_worker()
+    if importlib.util.find_spec("matplotlib") is None:  # benchmark.png, written at the end: say so before measuring
+        raise ValueError("writing benchmark.png needs matplotlib: pip install 'tomesd[ui]'")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the evaluation and print its report; returns the exit code (2: bad arguments)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:  # the grids, drawn at the end: say so before drawing
+        parser.error("drawing the image grids needs matplotlib: pip install 'tomesd[ui]'")
     try:
         evaluation = DemoEvaluation(**{**vars(args), "ratios": tuple(args.ratios)})
     except ValueError as error:
