@@ -19,7 +19,7 @@ from tomesd.demo.__main__ import main as cli
 from tomesd.demo.detector import detect
 from tomesd.demo.model import build_tokenizer
 from tomesd.demo.shapes import HELD_OUT, Scene, draw, evaluation_captions, parse_caption, random_scene, vocabulary
-from tomesd.quality import adherence
+from tomesd.demo.adherence import adherence
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The tomesd A/B app (Gradio). Start it with ``python -m ui``; see ``python -m ui --help``."""
+"""``python -m ui`` in a clone: the A/B app, which lives in the package as :mod:`tomesd.ui` (so that ``tomesd
+app`` starts it from any directory)."""
 
-from .app import build_app
+from tomesd.ui import build_app
 
 __all__ = ["build_app"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["draw_merge_groups", "drawn_images", "group_labels", "visualize_timm_merges"]
+__all__ = ["draw_merge_groups", "drawn_images", "group_labels", "merge_strip", "visualize_timm_merges"]
 
 
 def group_labels(source: Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> Tensor:
@@ -41,7 +41,8 @@ def group_labels(source: Tensor, num_prefix_tokens: int, grid: tuple[int, int]) 
     return patches.argmax(0).view(grid)
 
 
-def draw_merge_groups(image: Image.Image | np.ndarray, labels: Tensor, alpha: float = 0.6, seed: int = 0) -> Image.Image:
+def draw_merge_groups(image: Image.Image | np.ndarray, labels: Tensor, alpha: float = 0.6,
+                      seed: int = 0) -> Image.Image:
     """Paint each group of two or more patches in its own colour over ``image``, with outlines.
 
     Args:
@@ -115,6 +116,25 @@ def visualize_timm_merges(model: torch.nn.Module, image: Image.Image | np.ndarra
     if path is not None:
         drawn.save(path)
     return drawn
+
+
+def merge_strip(model: torch.nn.Module, image: Image.Image | np.ndarray, schedules: list[object],
+                gap: int = 8) -> Image.Image:
+    """The input picture, then its merge groups under each of ``schedules`` (see :func:`visualize_timm_merges`),
+    side by side on white with ``gap`` pixels between panels.
+
+    Raises:
+        ValueError: no schedule.
+    """
+    if not schedules:
+        raise ValueError("no merge schedule to draw: give at least one r")
+    height, width = model.patch_embed.img_size
+    picture = Image.fromarray(np.asarray(image)).convert("RGB").resize((width, height), Image.BICUBIC)
+    panels = [picture] + [visualize_timm_merges(model, picture, r=r) for r in schedules]
+    strip = Image.new("RGB", (sum(panel.width for panel in panels) + gap * (len(panels) - 1), height), "white")
+    for index, panel in enumerate(panels):
+        strip.paste(panel, (index * (panel.width + gap), 0))
+    return strip
 
 
 def drawn_images(count: int, size: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Merge visualisation: labels from merge sources, painting, and the timm end-to-end helper."""
+"""tomesd.lab.visualize: labels from merge sources, painting, the timm end-to-end helper, the strip of panels,
+and its command line (``tomesd visualize-merges``, ``scripts/visualize_merges.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ timm = pytest.importorskip("timm")
 
 import tomesd  # noqa: E402
 from tomesd.patch import timm as tome_timm  # noqa: E402
-from tomesd.visualize import draw_merge_groups, drawn_images, group_labels, visualize_timm_merges  # noqa: E402
+from tomesd.cli.visualize_merges import main as visualize_main  # noqa: E402
+from tomesd.lab.visualize import (  # noqa: E402
+    draw_merge_groups, drawn_images, group_labels, merge_strip, visualize_timm_merges,
+)
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -71,3 +75,35 @@ def test_drawn_images_are_seeded():
     first, again, other = drawn_images(2, 48, seed=1), drawn_images(2, 48, seed=1), drawn_images(2, 48, seed=2)
     assert first.shape == (2, 48, 48, 3) and first.dtype == np.uint8
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_the_strip_shows_the_input_then_one_panel_per_schedule():
+    model, image = tiny_vit(), drawn_images(1, 64, seed=3)[0]
+    strip = merge_strip(model, image, [1, 2], gap=8)
+    assert strip.size == (3 * 64 + 2 * 8, 64)
+    panels = [np.asarray(strip)[:, i * 72:i * 72 + 64] for i in range(3)]
+    assert np.array_equal(panels[0], image)  # the input, at the model's size already
+    assert np.array_equal(panels[1], np.asarray(visualize_timm_merges(model, image, r=1)))
+    assert not np.array_equal(panels[1], panels[2])  # more merging, other groups
+    assert not tomesd.is_patched(model)
+    with pytest.raises(ValueError, match="no merge schedule"):
+        merge_strip(model, image, [])
+
+
+def test_the_command_writes_a_palette_png(tmp_path, capsys):
+    out = tmp_path / "merges.png"
+    assert visualize_main(["--model", "vit_tiny_patch16_224", "--r", "4", "8", "--out", str(out)]) == 0
+    from PIL import Image
+
+    with Image.open(out) as strip:
+        assert strip.mode == "P" and strip.size == (3 * 224 + 2 * 8, 224)
+    assert "the input, then r = 4, 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [(["--model", "no_such_vit"], "is not a timm model name"),
+                                           (["--image", "missing.jpg"], "does not exist")])
+def test_the_command_refuses_bad_arguments(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        visualize_main([*argv, "--out", str(tmp_path / "m.png")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+

@@ -1,18 +1,19 @@
-"""One generation at one merge ratio, timed: the unit of work of the A/B app, the batch generator and the
+"""One generation at one merge ratio, timed: the unit of work of the ratio sweep (the app), the batch engine and the
 demo-model benchmark."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 import tomesd
-from tomesd.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
+from tomesd.lab.timing import PeakMemory, PipelineRun, execution_device, timed_pipeline_call
 
 __all__ = [
-    "Generation", "GenerationSettings", "check_ratio", "generate", "parse_option", "patch_option_defaults", "set_ratio",
+    "Generation", "GenerationSettings", "check_patch_options", "check_ratio", "generate", "parse_option",
+    "patch_option_defaults", "set_ratio",
 ]
 
 #: How an option whose default is None ("automatic") is written on a command line or in a text field.
@@ -117,6 +118,33 @@ def parse_option(name: str, text: str) -> Any:
         raise ValueError(f"option {name}: expected {expected}, got {text!r}") from None
 
 
+def check_patch_options(options: Mapping[str, Any], ratios: Iterable[float] = (0.5,)) -> dict[str, Any]:
+    """Every diffusers patch option besides the ratio, ``options`` over the defaults, checked at each of
+    ``ratios`` the way :func:`tomesd.apply_patch` checks them, without a model: what can be refused before
+    anything loads. (What depends on the model, such as having a block to merge, is known only when it is
+    patched.)
+
+    Returns:
+        The full options (defaults filled in), in the order of ``tomesd.patch.diffusers.OPTIONS``.
+
+    Raises:
+        ValueError: an unknown option, or a value the patcher refuses (a wrong type included).
+    """
+    from tomesd.patch.diffusers import DiffusersOptions
+
+    defaults = patch_option_defaults()
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown patch option {sorted(unknown)[0]!r}; accepted: {', '.join(defaults)}")
+    full = {**defaults, **options}
+    for ratio in ratios:
+        try:
+            DiffusersOptions(ratio=check_ratio(ratio), **full)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+    return full
+
+
 def set_ratio(pipe: Any, ratio: float, options: Mapping[str, Any] | None = None) -> None:
     """Patch ``pipe`` with token merging at ``ratio`` and ``options``; ratio 0 removes any patch, so the
     baseline is the untouched pipeline.
@@ -149,7 +177,7 @@ def generate(
         seed: seeds a CPU generator, so an image does not depend on the device's RNG.
         ratio: token merging ratio, 0 (no merging) to below 1.
         options: other patch options (see ``tomesd.patch.diffusers.OPTIONS``).
-        on_step: see :func:`tomesd.timing.timed_pipeline_call`; may raise to cancel.
+        on_step: see :func:`tomesd.lab.timing.timed_pipeline_call`; may raise to cancel.
 
     Returns:
         A :class:`Generation`.

@@ -1,4 +1,4 @@
-"""tomesd.compare: settings validation, one timed generation per ratio, the pipeline's patch state."""
+"""tomesd.lab.generation: settings validation, one timed generation per ratio, the pipeline's patch state."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tomesd
-from tomesd.compare import GenerationSettings, generate, parse_option, patch_option_defaults, set_ratio
+from tomesd.lab.generation import GenerationSettings, generate, parse_option, patch_option_defaults, set_ratio
 
 SETTINGS = GenerationSettings("a red cat", steps=2, width=32, height=32)
 

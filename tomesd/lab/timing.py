@@ -63,9 +63,10 @@ def time_interleaved(
     device: str | torch.device = "cpu",
     progress: bool = False,
     prepare: Mapping[str, Callable[[], Any]] | None = None,
+    alternate: bool = False,
 ) -> dict[str, Timing]:
     """Time each callable of ``settings``, interleaved: ``warmup`` untimed rounds, then ``repeats`` rounds
-    each calling every setting once in turn.
+    each calling every setting once in turn (A B C, A B C, ...; with ``alternate`` A B C, C B A, ...).
 
     Args:
         settings: name -> a callable running one repetition of that setting.
@@ -75,6 +76,8 @@ def time_interleaved(
         progress: show a tqdm bar over all calls.
         prepare: optional name -> an untimed callable run before each call of that setting (e.g. switching
             a model's patch to the setting's options).
+        alternate: reverse the order every other round (the warm-up rounds count), so that no setting always
+            runs right after the same one (e.g. in a warm cache, or just after a patch switch).
 
     Returns:
         name -> :class:`Timing` with ``repeats`` measurements.
@@ -91,7 +94,9 @@ def time_interleaved(
     seconds: dict[str, list[float]] = {name: [] for name in settings}
     bar = tqdm(total=(warmup + repeats) * len(settings), disable=not progress, desc="timing")
     for round_index in range(warmup + repeats):
-        for name, fn in settings.items():
+        names = list(settings)
+        for name in reversed(names) if alternate and round_index % 2 else names:
+            fn = settings[name]
             bar.set_postfix_str(name)
             if prepare is not None and name in prepare:
                 prepare[name]()

@@ -1,11 +1,11 @@
-"""tomesd.timing: interleaving order, medians and speedups, pipeline step timing, peak memory."""
+"""tomesd.lab.timing: interleaving order, medians and speedups, pipeline step timing, peak memory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tomesd.timing import PeakMemory, Timing, time_interleaved, timed_pipeline_call
+from tomesd.lab.timing import PeakMemory, Timing, time_interleaved, timed_pipeline_call
 
 
 def test_settings_are_timed_in_turns_after_untimed_warmup_rounds():
@@ -17,6 +17,14 @@ def test_settings_are_timed_in_turns_after_untimed_warmup_rounds():
     assert calls == ["a", "prepare b", "b"] * 4
     assert {name: len(t.seconds) for name, t in timings.items()} == {"a": 3, "b": 3}
     assert all(s > 0 for t in timings.values() for s in t.seconds)
+
+
+def test_alternating_rounds_reverse_the_order_every_other_round():
+    calls = []
+    timings = time_interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"},
+                               repeats=2, warmup=1, alternate=True)
+    assert "".join(calls) == "abc" + "cba" + "abc"  # warm-up, then two timed rounds
+    assert {name: len(t.seconds) for name, t in timings.items()} == {"a": 2, "b": 2, "c": 2}
 
 
 def test_median_and_speedup():

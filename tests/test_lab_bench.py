@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: the full-size configs, settings, U-Net and pipeline measurements, outputs."""
+"""tomesd.lab.bench and its command line (``tomesd bench``, ``scripts/benchmark.py``): the full-size configs,
+settings, U-Net and pipeline measurements, outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 import tomesd
-from scripts import benchmark as bench
+from tomesd.cli.bench import main as bench_main
+from tomesd.lab import bench
 
 
 @pytest.mark.parametrize("arch, parameters", [("sd15", 859_520_964), ("sdxl", 2_567_463_684)])
@@ -56,7 +58,7 @@ def test_unet_measurement_on_a_toy_unet(kind):
 
 def test_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert bench.main(["--arch", "pipeline", "--model", str(tiny_pipeline_dir), "--steps", "1", "--resolution", "32",
+    assert bench_main(["--arch", "pipeline", "--model", str(tiny_pipeline_dir), "--steps", "1", "--resolution", "32",
                        "--ratios", "0", "0.5", "--repeats", "1", "--warmup", "0", "--out", str(out),
                        "--variant", "default:min_tokens=0"]) == 0
     table = (out / "benchmark.md").read_text()
@@ -79,8 +81,19 @@ def test_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
 )
 def test_bad_arguments_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(argv)
+        bench_main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_without_the_worker_the_unet_and_quality_benchmarks_are_refused_up_front(monkeypatch, tmp_path, capsys):
+    """An installed copy has no scripts/compare_worker.py: the commands that need it say so before building
+    anything (the pipeline benchmark does not need it)."""
+    monkeypatch.setattr(bench, "WORKER", tmp_path / "compare_worker.py")
+    for argv in (["--arch", "sd15"], ["--arch", "--quality", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_main([*argv, "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2 and "run them from a clone" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_tomesd013_comparison_runs_the_worker_with_the_given_interpreter(monkeypatch):
@@ -105,7 +118,7 @@ def test_quality_on_the_demo_model_for_this_project_and_another_interpreter(tmp_
     monkeypatch.setattr(tomesd.demo, "DEFAULT_STEPS", 2)
     monkeypatch.setattr(tomesd.demo, "DEFAULT_SIZE", 64)
     out = tmp_path / "bench"
-    assert bench.main(["--arch", "--quality", "2", "--ratios", "0", "0.5", "--variant", "all:min_tokens=0",
+    assert bench_main(["--arch", "--quality", "2", "--ratios", "0", "0.5", "--variant", "all:min_tokens=0",
                        "--compare-013", sys.executable, "--out", str(out)]) == 0
     report = json.loads((out / "benchmark.json").read_text())
     quality = report["quality"]

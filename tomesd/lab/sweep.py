@@ -1,4 +1,4 @@
-"""The A/B comparison behind the app: one prompt and seed at several merge ratios, timed interleaved,
+"""The ratio sweep behind the app: one prompt and seed at several merge ratios side by side, timed in turns,
 each image compared with the ratio-0 one. No Gradio here, so it is testable on its own."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 from PIL import Image, ImageChops
 
 import tomesd
-from tomesd.compare import Generation, GenerationSettings, check_ratio, generate
+from tomesd.lab.generation import Generation, GenerationSettings, check_ratio, generate
 
 __all__ = ["RatioResult", "compare_ratios", "parse_ratios", "results_table", "speed_chart"]
 
@@ -116,7 +116,7 @@ def _stage(on_step: Callable[[str, int, int], None] | None, stage: str) -> Calla
 
 def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
     """Medians per ratio, speedups against ratio 0 and differences from the ratio-0 image."""
-    from tomesd.quality import psnr, ssim
+    from tomesd.lab.quality import against_baseline
 
     base_runs = runs[0.0]
     base_image = base_runs[0].image
@@ -125,6 +125,7 @@ def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
     for ratio, generations in runs.items():
         image = generations[0].image
         seconds = statistics.median(g.run.seconds for g in generations)
+        metrics = against_baseline([base_image], [image])
         results.append(
             RatioResult(
                 ratio=ratio,
@@ -132,8 +133,8 @@ def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
                 seconds=seconds,
                 its=statistics.median(g.run.its for g in generations),
                 speedup=base_seconds / seconds,
-                psnr=float(psnr(base_image, image)),
-                ssim=float(ssim(base_image, image)),
+                psnr=metrics.psnr,
+                ssim=metrics.ssim,
                 diff_map=_difference_map(base_image, image),
             )
         )

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "ATTENTION", "DEMO", "DTYPES", "OFFLOAD", "check_placement", "default_settings", "load_pipeline", "parse_dtype",
+    "ATTENTION", "DEMO", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source", "default_settings",
+    "load_pipeline", "parse_device", "parse_dtype",
 ]
 
 DEMO = "demo"
@@ -31,6 +32,13 @@ OFFLOAD = ("none", "model", "sequential")
 # (diffusers' default), the explicit softmax(QK^T)V ("classic", diffusers' AttnProcessor) or xFormers (GPU).
 ATTENTION = ("sdpa", "classic", "xformers")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Device types a pipeline can run on here, each with how to know whether this machine has one.
+DEVICE_TYPES = {
+    "cpu": lambda: True,
+    "cuda": lambda: torch.cuda.is_available(),
+    "mps": lambda: torch.backends.mps.is_available(),
+    "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+}
 _MODEL_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Usual Stable Diffusion settings for user models; the demo model brings its own.
 USER_MODEL_DEFAULTS = {"size": 512, "steps": 25, "guidance": 7.5, "prompts": ["a photo of an astronaut riding a horse"]}
@@ -110,9 +118,7 @@ def load_pipeline(
     """
     dtype = parse_dtype(dtype)
     check_placement(device, offload, attention)
-    source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
-    if config is not None and (source == DEMO or not source.endswith(".safetensors")):
-        raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
+    source = check_source(source, config)
     if source == DEMO:
         from tomesd.demo import load_pipeline as load_demo
 
@@ -126,14 +132,75 @@ def load_pipeline(
     return pipe
 
 
+def check_source(source: str | Path | None, config: str | Path | None = None) -> str:
+    """Refuse a model source that cannot load, before anything is loaded or written: what can be known
+    without reading a weight (the folder's ``model_index.json``, a single file's format and architecture from
+    its header, the shape of a model id).
+
+    Args:
+        source: as for :func:`load_pipeline`.
+        config: as for :func:`load_pipeline`.
+
+    Returns:
+        The source, normalised: ``"demo"`` for ``None`` or blank, else stripped.
+
+    Raises:
+        ValueError: as :func:`load_pipeline` for a source that does not exist, a folder that is not a diffusers
+            pipeline, a file that is not a valid safetensors checkpoint of SD 1.x/2.x/XL, a malformed model id,
+            or ``config`` given for anything but a single file.
+    """
+    source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
+    if config is not None and (source == DEMO or not source.endswith(".safetensors")):
+        raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
+    if source == DEMO:
+        return source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{source!r} is a folder but not a diffusers pipeline (no model_index.json in it)")
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(
+                f"{source!r} is not a .safetensors file; other checkpoint formats (.ckpt, .bin, .pt) can run "
+                "arbitrary code when loaded and are refused"
+            )
+        _single_file_architecture(path)
+    elif source.endswith(".safetensors") or not _MODEL_ID.match(source):
+        raise ValueError(
+            f"model {source!r} not found: expected 'demo', an existing diffusers folder, an existing "
+            ".safetensors file, or a model id like 'owner/name'"
+        )
+    return source
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has.
+
+    Raises:
+        ValueError: not a device name, a type other than :data:`DEVICE_TYPES`, or absent here (e.g. ``cuda``
+            without a GPU, ``cuda:3`` on a machine with two).
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}; accepted: cpu, cuda, cuda:N, mps, xpu") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"device {str(device)!r}: pipelines run on {', '.join(DEVICE_TYPES)}, not {parsed.type}")
+    if not DEVICE_TYPES[parsed.type]():
+        raise ValueError(f"device {str(device)!r} is not available on this machine (try cpu)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
+
+
 def check_placement(device: str | torch.device, offload: str, attention: str) -> None:
     """Refuse unknown or impossible placement options before anything is loaded or written.
 
     Raises:
-        ValueError: ``offload`` not in :data:`OFFLOAD`, ``attention`` not in :data:`ATTENTION`, or GPU-only
-            offloading / xFormers asked for on a CPU ``device``.
+        ValueError: ``device`` is refused by :func:`parse_device`, ``offload`` is not in :data:`OFFLOAD`,
+            ``attention`` not in :data:`ATTENTION`, or GPU-only offloading / xFormers asked for on the CPU.
     """
-    device = torch.device(device)
+    device = parse_device(device)
     if offload not in OFFLOAD:
         raise ValueError(f"unknown offload {offload!r}; accepted: {', '.join(OFFLOAD)}")
     if attention not in ATTENTION:
@@ -160,28 +227,17 @@ def _place(pipe: Any, device: torch.device, offload: str, attention: str) -> Non
 
 
 def _load_user_pipeline(source: str, dtype: torch.dtype, config: str | Path | None) -> Any:
-    """A folder, a single safetensors file or a hub id, refusing pickles and remote code."""
+    """A folder, a single safetensors file or a hub id (checked by :func:`check_source`), refusing pickles
+    and remote code."""
     from diffusers import DiffusionPipeline
 
     path = Path(source).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{source!r} is a folder but not a diffusers pipeline (no model_index.json in it)")
         return DiffusionPipeline.from_pretrained(
             path, dtype=dtype, use_safetensors=True, local_files_only=True, trust_remote_code=False
         )
     if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(
-                f"{source!r} is not a .safetensors file; other checkpoint formats (.ckpt, .bin, .pt) can run "
-                "arbitrary code when loaded and are refused"
-            )
         return _load_single_file(path, dtype, config)
-    if source.endswith(".safetensors") or not _MODEL_ID.match(source):
-        raise ValueError(
-            f"model {source!r} not found: expected 'demo', an existing diffusers folder, an existing "
-            ".safetensors file, or a model id like 'owner/name'"
-        )
     return DiffusionPipeline.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False)
 
 
@@ -215,10 +271,15 @@ def _single_file_architecture(path: Path) -> tuple[str, str]:
         ValueError: the checkpoint is not a Stable Diffusion 1.x/2.x/XL text-to-image model.
     """
     from diffusers.loaders.single_file_utils import fetch_diffusers_config, infer_diffusers_model_type
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as checkpoint:
-        shapes = {key: torch.empty(checkpoint.get_slice(key).get_shape(), device="meta") for key in checkpoint.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            keys = checkpoint.keys()
+            shapes = {key: torch.empty(checkpoint.get_slice(key).get_shape(), device="meta") for key in keys}
+    except SafetensorError as error:  # e.g. a pickle renamed .safetensors
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file ({error}); only safetensors weights "
+                         "are loaded") from None
     model_type = infer_diffusers_model_type(shapes)
     if model_type not in _SINGLE_FILE_PIPELINES:
         raise ValueError(

@@ -9,10 +9,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from tomesd.compare import GenerationSettings, parse_option, patch_option_defaults
-from tomesd.loading import DEMO, default_settings, load_pipeline
+from tomesd.lab.generation import GenerationSettings, parse_option, patch_option_defaults
+from tomesd.lab.loading import DEMO, default_settings, load_pipeline
+from tomesd.lab.sweep import compare_ratios, parse_ratios, results_table, speed_chart
 
-from .comparison import compare_ratios, parse_ratios, results_table, speed_chart
 from .limits import SEED_MAX, OverBudget, ServerLimits, check_strides, number, whole
 
 __all__ = ["Cancelled", "ModelCache", "build_app"]
@@ -37,7 +37,7 @@ class ModelCache:
 
     def get(self, source: str, config: str = "") -> Any:
         """The pipeline for ``source`` (and, for a single file, ``config``; see
-        :func:`tomesd.loading.load_pipeline`), loaded on first use."""
+        :func:`tomesd.lab.loading.load_pipeline`), loaded on first use."""
         wanted = (source.strip() or DEMO, config.strip() or None)
         if wanted != self._source:
             self._pipe, self._source = None, None  # free the previous model before loading the next
@@ -82,10 +82,10 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
     """The app's page and its handlers.
 
     Args:
-        model: the model source shown (and loaded) by default; see :func:`tomesd.loading.load_pipeline`.
+        model: the model source shown (and loaded) by default; see :func:`tomesd.lab.loading.load_pipeline`.
         device: where generations run.
         dtype: weights dtype name ("float32", "float16", "bfloat16").
-        config: for a single ``.safetensors`` model, its configs (see :func:`tomesd.loading.load_pipeline`).
+        config: for a single ``.safetensors`` model, its configs (see :func:`tomesd.lab.loading.load_pipeline`).
         limits: what one request may ask (pixels, steps, seconds); checked by the server, whatever the page
             or an API client sends.
 

@@ -1,4 +1,4 @@
-"""tomesd.loading on toy pipelines written to tmp_path: folders, single files, refusals, dtype names."""
+"""tomesd.lab.loading on toy pipelines written to tmp_path: folders, single files, refusals, dtype names."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tomesd.loading import default_settings, load_pipeline, parse_dtype
+from tomesd.lab.loading import default_settings, load_pipeline, parse_dtype
 
 
 def test_loads_a_diffusers_folder_on_the_device_and_dtype(tiny_pipeline_dir):
@@ -125,7 +125,7 @@ def test_a_single_file_without_configs_offline_says_what_to_pass(tiny_pipeline_d
 def test_single_file_architecture_is_recognised_from_its_keys(tmp_path, model_type, pipeline):
     from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
 
-    from tomesd.loading import _single_file_architecture
+    from tomesd.lab.loading import _single_file_architecture
 
     keys = {"v1": ["model.diffusion_model.out.0.weight"], "xl_base": [CHECKPOINT_KEY_NAMES["xl_base"]],
             "sd3": [CHECKPOINT_KEY_NAMES["sd3"][0], "model.diffusion_model.pos_embed"]}[model_type]

@@ -1,5 +1,6 @@
-"""scripts/generate.py end to end on a toy pipeline folder: prompt files, logs, summary, resume, bad input,
-Ctrl-C and hard kills, and two processes under ``accelerate launch``."""
+"""tomesd.lab.batch and its command line (``tomesd generate``, ``scripts/generate.py``) end to end on a toy
+pipeline folder: prompt files, logs, summary, resume, bad input refused before anything loads, Ctrl-C and hard
+kills, and two processes under ``accelerate launch``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts import generate as gen
+from tomesd.cli.generate import main as generate_main
+from tomesd.lab import batch
+from tomesd.lab.generation import patch_option_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_FIELDS = {"offload", "attention", "prompt", "negative_prompt", "seed", "ratio", "patch_options", "steps", "width", "height", "seconds",
@@ -32,7 +35,15 @@ def _log_lines(out: Path) -> list[dict]:
 
 
 def _images(out: Path) -> set[str]:
-    return {p.name for p in out.glob("*.png") if p.name != gen.SHEET_FILE}
+    return {p.name for p in out.glob("*.png") if p.name != batch.SHEET_FILE}
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run the command line expecting argparse's refusal (exit code 2 before anything loads); its message."""
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
 
 
 def _env() -> dict[str, str]:
@@ -46,12 +57,14 @@ def _env() -> dict[str, str]:
     [
         ("p.txt", "# a comment\na red cat\n\na blue dog\n"),
         ("p.csv", "prompt,negative_prompt\na red cat,\na blue dog,blurry\n"),
+        ("bom.csv", "\ufeffprompt,negative_prompt\na red cat,\na blue dog,blurry\n"),  # as spreadsheets save it
+        ("bom.txt", "\ufeffa red cat\na blue dog\n"),
         ("p.jsonl", '{"prompt": "a red cat"}\n\n{"prompt": "a blue dog", "negative_prompt": "blurry"}\n'),
     ],
 )
 def test_prompt_files(tmp_path, name, text):
     (tmp_path / name).write_text(text)
-    prompts = gen.read_prompts(tmp_path / name)
+    prompts = batch.read_prompts(tmp_path / name)
     assert [p for p, _ in prompts] == ["a red cat", "a blue dog"]
     if not name.endswith(".txt"):
         assert prompts[1][1] == "blurry"
@@ -64,16 +77,18 @@ def test_prompt_files(tmp_path, name, text):
         ("p.csv", "text\na cat\n", "entry 1: no 'prompt'"),
         ("p.jsonl", '{"prompt": "a"}\nnot json\n', "line 2: not JSON"),
         ("p.txt", "\n# only a comment\n", "contains no prompt"),
+        ("p.jsonl", '{"prompt": 5}\n', "entry 1: 'prompt' must be text, got 5"),
+        ("p.jsonl", '{"prompt": "a", "negative_prompt": ["x"]}\n', "entry 1: 'negative_prompt' must be text"),
     ],
 )
 def test_bad_prompt_files(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=message):
-        gen.read_prompts(tmp_path / name)
+        batch.read_prompts(tmp_path / name)
 
 
 def test_jobs_put_ratios_innermost_and_names_are_unique():
-    jobs = gen.plan_jobs([("a", ""), ("a", "ugly")], [0, 1], [0.0, 0.5])
+    jobs = batch.plan_jobs([("a", ""), ("a", "ugly")], [0, 1], [0.0, 0.5])
     assert [(j.seed, j.ratio) for j in jobs[:4]] == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5)]
     assert len({j.filename for j in jobs}) == len(jobs) == 8
 
@@ -82,7 +97,7 @@ def test_jobs_put_ratios_innermost_and_names_are_unique():
 
 def test_batch_writes_images_log_and_summary_then_resumes(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert gen.main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1",
+    assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1",
                           "--ratios", "0", "0.5", "--no-warmup")) == 0
     images = _images(out)
     records = _log_lines(out)
@@ -90,7 +105,7 @@ def test_batch_writes_images_log_and_summary_then_resumes(tiny_pipeline_dir, tmp
     for record in records:
         assert LOG_FIELDS <= set(record)
         assert record["steps"] == 1 and (record["width"], record["height"]) == (32, 32) and record["its"] > 0
-        assert record["patch_options"] == gen.patch_option_defaults() and record["rank"] == 0
+        assert record["patch_options"] == patch_option_defaults() and record["rank"] == 0
     summary = (out / "summary.md").read_text()
     assert summary in capsys.readouterr().out
     base = statistics.mean(r["its"] for r in records if r["ratio"] == 0)
@@ -99,10 +114,10 @@ def test_batch_writes_images_log_and_summary_then_resumes(tiny_pipeline_dir, tmp
     assert f"| 0.5 | 2 | {merged:.3f} |" in summary and f"{merged / base:.2f}x |" in summary
 
     # Re-running skips everything already written; adding a seed generates only the new images.
-    assert gen.main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1",
+    assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1",
                           "--ratios", "0", "0.5", "--no-warmup")) == 0
     assert _log_lines(out) == records
-    assert gen.main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1", "2",
+    assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--seeds", "0", "1", "2",
                           "--ratios", "0", "0.5", "--no-warmup", "--sheet")) == 0
     assert len(_images(out)) == 6 and len(_log_lines(out)) == 6
     assert "| 0 | 3 |" in (out / "summary.md").read_text()
@@ -112,10 +127,10 @@ def test_batch_writes_images_log_and_summary_then_resumes(tiny_pipeline_dir, tmp
 
 def test_resuming_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert gen.main(_args(tiny_pipeline_dir, out, "--prompt", "a", "--ratios", "0", "--no-warmup")) == 0
+    assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a", "--ratios", "0", "--no-warmup")) == 0
     changed = _args(tiny_pipeline_dir, out, "--prompt", "a", "--ratios", "0", "--no-warmup")
     changed[changed.index("--steps") + 1] = "2"
-    assert gen.main(changed) == 2
+    assert generate_main(changed) == 2
     assert "steps=1" in capsys.readouterr().err
 
 
@@ -126,14 +141,81 @@ def test_resuming_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path, ca
         (("--prompt", "a", "--ratios", "1.5"), "ratio 1.5 is out of range"),
         (("--prompt", "a", "--width", "30"), "width=30 must be a positive multiple of 8"),
         (("--prompts", "missing.txt"), "does not exist"),
+        # given values are checked as given, never replaced by the model's defaults
+        (("--prompt", "a", "--steps", "0"), "steps=0 is out of range"),
+        (("--prompt", "a", "--width", "0"), "width=0 must be a positive multiple of 8"),
+        (("--prompt", "a", "--height", "0"), "height=0 must be a positive multiple of 8"),
+        (("--prompt", "a", "--guidance", "-1"), "guidance=-1.0 is negative"),
+        # checked before the model loads, not by the first generation
+        (("--prompt", "   "), "the prompt is empty"),
+        (("--prompt", "a", "--device", "bogus"), "unknown device 'bogus'; accepted: cpu, cuda"),
+        (("--prompt", "a", "--device", "meta"), "pipelines run on cpu, cuda, mps, xpu, not meta"),
+        (("--prompt", "a", "--sx", "0"), "sx must be a positive integer; got 0"),
+        (("--prompt", "a", "--matching", "best"), "matching must be one of 'global', 'local'; got 'best'"),
+        (("--prompt", "a", "--seeds", str(2**64)), f"seed {2**64} is out of range"),
+        (("--prompt", "a", "--threads", "0"), "threads=0 must be at least 1"),
     ],
 )
 def test_bad_input_exits_with_a_message_and_writes_nothing(tiny_pipeline_dir, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as exit_info:
-        gen.main(_args(tiny_pipeline_dir, tmp_path / "run", *extra))
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in _refused(_args(tiny_pipeline_dir, tmp_path / "run", *extra), capsys)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_loading(tmp_path, capsys):
+    message = _refused(_args("demo", tmp_path / "run", "--prompt", "a", "--device", "cuda:1"), capsys)
+    assert "device 'cuda:1' is not available on this machine" in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("renamed-pickle.safetensors", None, "is not a valid safetensors file"),
+    ("passwd", b"root:x:0:0:root:/root:/bin/bash\n", "is not a .safetensors file"),
+    ("folder", "dir", "is a folder but not a diffusers pipeline"),
+])
+def test_a_model_that_cannot_load_is_refused_before_anything_is_written(tmp_path, capsys, name, content, message):
+    import pickle
+
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    else:
+        path.write_bytes(pickle.dumps({"state_dict": [1, 2, 3]}) if content is None else content)
+    assert message in _refused(_args(path, tmp_path / "run", "--prompt", "a"), capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_leaves_no_settings_behind_and_an_empty_folder_never_refuses(tiny_pipeline_dir, tmp_path):
+    """run.json appears with the first image; one left in a folder without images (by an older version's
+    refused run) is stale and replaced, whatever settings it names."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"guidance": 7.5, "steps": 50, "patch_options": {"sx": 0}}))
+    assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a", "--ratios", "0", "--no-warmup",
+                               "--guidance", "3")) == 0
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["guidance"] == 3.0 and recorded["steps"] == 1 and recorded["patch_options"]["sx"] == 2
+    assert len(_images(out)) == 1
+
+
+def test_a_model_the_patch_refuses_fails_before_the_first_image(tiny_pipeline_dir, tmp_path, capsys):
+    """A U-Net without transformer blocks loads, but cannot be patched: the refusal comes before the ratio-0
+    image, so the folder is left without images or run.json and a later correct run can use it."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), mid_block_type=None, cross_attention_dim=32,
+    )
+    pipe.save_pretrained(tmp_path / "no-attention", safe_serialization=True)
+    out = tmp_path / "run"
+    assert generate_main(_args(tmp_path / "no-attention", out, "--prompt", "a", "--ratios", "0", "0.5",
+                               "--no-warmup")) == 2
+    assert "has no BasicTransformerBlock to merge tokens in" in capsys.readouterr().err
+    assert not _images(out) and not (out / "run.json").exists()
+    assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a", "--ratios", "0", "--no-warmup")) == 0
 
 
 def _start(model: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
@@ -170,10 +252,10 @@ def test_interrupted_run_leaves_complete_files_and_resume_finishes_each_image_on
         assert "stopping after the current image" in err
     written = _images(out)
     assert 1 <= len(written) < 4 and all(not name.startswith(".") for name in written)
-    assert {r["file"] for r in gen.read_logs(out)} == written  # every image has its log line
-    assert gen.main(_args(tiny_pipeline_dir, out, *JOBS, "--steps", "2")) == 0
+    assert {r["file"] for r in batch.read_logs(out)} == written  # every image has its log line
+    assert generate_main(_args(tiny_pipeline_dir, out, *JOBS, "--steps", "2")) == 0
     assert not list(out.glob(".*.partial"))
-    records = gen.read_logs(out)
+    records = batch.read_logs(out)
     assert len(_images(out)) == 4 and sorted(r["file"] for r in records) == sorted(_images(out))
 
 
@@ -202,13 +284,13 @@ def _demo_jobs(prompts: Path, *seeds: int) -> tuple[str, ...]:
 
 def _expected_files(*seeds: int) -> set[str]:
     prompts = [("a red circle", ""), ("a large blue square", "blurry")]
-    return {job.filename for job in gen.plan_jobs(prompts, seeds, [0.0, 0.5])}
+    return {job.filename for job in batch.plan_jobs(prompts, seeds, [0.0, 0.5])}
 
 
 def _check_every_image_logged_once(out: Path, expected: set[str]) -> list[dict]:
     """Exactly the expected images, no temporary file, and one valid log record per image."""
     assert _images(out) == expected and not list(out.glob(".*.partial"))
-    records = gen.read_logs(out)
+    records = batch.read_logs(out)
     assert sorted(r["file"] for r in records) == sorted(expected)
     return records
 
@@ -229,7 +311,7 @@ def test_demo_model_resumes_across_process_counts_doing_every_job_once(tmp_path)
     nothing missing, each image written by exactly one process, one summary over all of them."""
     (tmp_path / "p.jsonl").write_text(DEMO_PROMPTS)
     out = tmp_path / "run"
-    assert gen.main(_args("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0))) == 0
+    assert generate_main(_args("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0))) == 0
     first = {r["file"]: r for r in _check_every_image_logged_once(out, _expected_files(0))}
     mtimes = {name: (out / name).stat().st_mtime_ns for name in first}
 
@@ -249,7 +331,7 @@ def test_demo_model_resumes_across_process_counts_doing_every_job_once(tmp_path)
     summary = (out / "summary.md").read_text()
     assert "process ranks: 0, 1" in summary and summary in stdout
 
-    assert gen.main(_args("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0, 1, 2, 3))) == 0
+    assert generate_main(_args("demo", out, *_demo_jobs(tmp_path / "p.jsonl", 0, 1, 2, 3))) == 0
     records = _check_every_image_logged_once(out, _expected_files(0, 1, 2, 3))
     assert len(_log_lines(out)) == 16
     _check_summary(out, records)
@@ -275,7 +357,7 @@ def test_demo_model_two_processes_killed_then_resumed_write_every_image_once(tmp
     if sig == signal.SIGINT:  # each worker finished its image in progress; the main one summarised them
         assert "stopping after the current image" in err and "images; devices: cpu" in stdout
     written = _images(out)
-    assert 2 <= len(written) < 32 and {r["file"] for r in gen.read_logs(out)} == written
+    assert 2 <= len(written) < 32 and {r["file"] for r in batch.read_logs(out)} == written
     stamps = {name: (out / name).stat().st_mtime_ns for name in written}
 
     process = _start("demo", out, *jobs, launcher=_accelerate(2))
@@ -289,18 +371,18 @@ def test_demo_model_two_processes_killed_then_resumed_write_every_image_once(tmp
 
 def test_a_log_line_cut_by_a_hard_kill_costs_only_itself(tmp_path):
     log = tmp_path / "log.rank0.jsonl"
-    gen.append_log(log, {"file": "a.png", "time": "1"})
+    batch.append_log(log, {"file": "a.png", "time": "1"})
     with open(log, "a") as handle:
         handle.write('{"file": "b.png", "ti')  # killed mid-write
-    gen.append_log(log, {"file": "c.png", "time": "2"})
+    batch.append_log(log, {"file": "c.png", "time": "2"})
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / name).write_bytes(b"")
-    assert sorted(r["file"] for r in gen.read_logs(tmp_path)) == ["a.png", "c.png"]
+    assert sorted(r["file"] for r in batch.read_logs(tmp_path)) == ["a.png", "c.png"]
 
 
 def test_a_model_that_cannot_be_loaded_is_reported(tmp_path, capsys):
-    assert gen.main(_args(tmp_path / "no-model", tmp_path / "run", "--prompt", "a")) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "not found" in _refused(_args(tmp_path / "no-model", tmp_path / "run", "--prompt", "a"), capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_single_safetensors_model_runs_with_config_and_says_so_without(tiny_pipeline_dir, tmp_path, capsys,
@@ -308,14 +390,14 @@ def test_a_single_safetensors_model_runs_with_config_and_says_so_without(tiny_pi
     import ldm_checkpoint
     from safetensors.torch import save_file
 
-    from tomesd.loading import load_pipeline
+    from tomesd.lab.loading import load_pipeline
 
     path = tmp_path / "community-model.safetensors"
     save_file(ldm_checkpoint.ldm_state_dict(load_pipeline(tiny_pipeline_dir)), str(path))
-    assert gen.main(_args(path, tmp_path / "run", "--prompt", "a", "--ratios", "0", "--no-warmup")) == 2
+    assert generate_main(_args(path, tmp_path / "run", "--prompt", "a", "--ratios", "0", "--no-warmup")) == 2
     assert "Pass config= (--config" in capsys.readouterr().err  # offline, nothing cached
     out = tmp_path / "with-config"
-    assert gen.main(_args(path, out, "--config", str(tiny_pipeline_dir), "--prompt", "a", "--ratios", "0",
+    assert generate_main(_args(path, out, "--config", str(tiny_pipeline_dir), "--prompt", "a", "--ratios", "0",
                           "--no-warmup")) == 0
     assert [r["config"] for r in _log_lines(out)] == [str(tiny_pipeline_dir)] and len(_images(out)) == 1
 
@@ -323,6 +405,5 @@ def test_a_single_safetensors_model_runs_with_config_and_says_so_without(tiny_pi
 @pytest.mark.parametrize("extra, message", [(("--offload", "model"), "offload='model' needs a GPU device, not 'cpu'"),
                                             (("--attention", "xformers"), "attention='xformers' needs a GPU")])
 def test_gpu_only_placement_on_the_cpu_is_refused_before_anything_is_written(tmp_path, capsys, extra, message):
-    assert gen.main(_args("demo", tmp_path / "run", "--prompt", "a", "--device", "cpu", *extra)) == 2
-    assert message in capsys.readouterr().err
+    assert message in _refused(_args("demo", tmp_path / "run", "--prompt", "a", "--device", "cpu", *extra), capsys)
     assert not (tmp_path / "run").exists()

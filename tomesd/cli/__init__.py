@@ -1,0 +1,64 @@
+"""The ``tomesd`` console command: one subcommand per front end, each a thin argument parser over
+:mod:`tomesd.lab` (or the app). ``tomesd --help`` lists them; ``tomesd COMMAND --help`` describes one.
+
+A subcommand's module is imported only when it runs, so ``tomesd generate`` needs neither Gradio nor timm.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import NamedTuple
+
+__all__ = ["COMMANDS", "main"]
+
+
+class Command(NamedTuple):
+    """A subcommand: the module whose ``main(argv, prog)`` runs it, one line of help, and the optional
+    dependencies (``pip install 'tomesd[extra]'``) it needs beyond the core ones."""
+
+    module: str
+    summary: str
+    extra: str | None = None
+
+
+COMMANDS = {
+    "generate": Command("tomesd.cli.generate", "batch generation at several merge ratios, with a speed log"),
+    "app": Command("tomesd.ui.__main__", "the A/B app in the browser: one prompt at several ratios side by side", "ui"),
+    "bench": Command("tomesd.cli.bench", "U-Net / pipeline speed (and demo-model quality) against the baseline"),
+    "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement", "vision"),
+    "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
+    "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image",
+                                "vision"),
+}
+
+
+def usage() -> str:
+    """The command list ``tomesd --help`` prints."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: tomesd COMMAND [options]   (tomesd COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``tomesd COMMAND ...``; returns the command's exit code (2 for an unknown or missing command)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        problem = "no command given" if not argv else f"unknown command {argv[0]!r}"
+        print(f"{usage()}\n\ntomesd: error: {problem}", file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    command = COMMANDS[name]
+    try:
+        module = importlib.import_module(command.module)
+        return module.main(rest, prog=f"tomesd {name}") or 0
+    except ModuleNotFoundError as error:
+        if command.extra is None or error.name is None or error.name.startswith("tomesd"):
+            raise
+        print(f"tomesd {name}: error: it needs {error.name!r}, one of the optional dependencies: "
+              f"pip install 'tomesd[{command.extra}]'", file=sys.stderr)
+        return 2
