@@ -324,7 +324,7 @@ def spacetime_order(positions: Tensor, protected: int = 0) -> Tensor:
     batch, n = positions.shape[:2]
     order = torch.arange(protected, n, device=positions.device).expand(batch, -1)  # (B, N - p)
     for axis in (0, 2, 1):  # frame, then x, then y: the last sort is the most significant key
-        key = positions[:, protected:, axis].gather(1, order)
+        key = positions[..., axis].gather(1, order)  # (B, N - p)
         order = order.gather(1, key.argsort(dim=1, stable=True))
     prefix = torch.arange(protected, device=positions.device).expand(batch, -1)
     return torch.cat([prefix, order], dim=1)
