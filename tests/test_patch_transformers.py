@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -312,3 +313,23 @@ def test_spacetime_matching_refuses_masked_tubelets_at_run_time():
     tomesd.apply_patch(model, r=2)  # global matching takes the 48 visible tokens
     with torch.no_grad():
         assert model(tiny.inputs("videomae"), bool_masked_pos=masked).last_hidden_state.shape[1] == 48 - 8
+
+
+def test_video_merge_strip_paints_groups_across_frames_and_restores_the_model():
+    from tomesd.visualize_video import draw_video_merges, moving_shapes_clip, video_group_labels, visualize_video_merges
+
+    model = tomesd.apply_patch(tiny.build("videomae"), r=1)
+    clip = moving_shapes_clip(tiny.VIDEO_FRAMES, 32, seed=0)
+    assert clip.shape == (8, 32, 32, 3) and clip.dtype.name == "uint8"
+    strip = visualize_video_merges(model, clip, r=[12, 4, 0, 0], matching="spacetime")
+    assert strip.size == (4 * 32 + 3 * 4, 32 + 14)
+    assert model._tomesd.options["r"] == 1 and not model._tomesd.options["trace_source"]  # patch as before
+    # a group holding tubelet 0 of frames 0 and 1 gets the same colour in both frames; unmerged stay bare
+    labels = torch.arange(64).view(4, 4, 4)
+    labels[1, 0, 0] = 0
+    source = F.one_hot(labels.flatten(), 64).T.float()[labels.flatten().unique()]  # (63, 64)
+    assert torch.equal(video_group_labels(source, 0, (4, 4, 4)).unique(), torch.arange(63))
+    pixels = np.asarray(draw_video_merges(clip[::2] * 0 + 128, labels, alpha=1.0))
+    first, second = pixels[14 + 2, 2], pixels[14 + 2, 32 + 4 + 2]
+    assert (first == second).all() and not (first == 128).all()
+    assert (pixels[14 + 20, 20] == 128).all()
