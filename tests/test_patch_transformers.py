@@ -333,3 +333,30 @@ def test_video_merge_strip_paints_groups_across_frames_and_restores_the_model():
     first, second = pixels[14 + 2, 2], pixels[14 + 2, 32 + 4 + 2]
     assert (first == second).all() and not (first == 128).all()
     assert (pixels[14 + 20, 20] == 128).all()
+
+
+def test_benchmark_cases_fit_their_full_size_models():
+    # the full-size schedules are accepted (validated at apply time, on meta-device weights: no memory)
+    from scripts import benchmark_transformers as bench
+
+    tokens = {"videomae_b": 1568, "vit_b16": 197, "dinov2_b": 257, "clip_l14_336": 577}
+    for name, case in bench.CASES.items():
+        with torch.device("meta"):
+            model = bench.build(case)
+        for setting in case.settings:
+            tomesd.apply_patch(model, **setting)
+            assert model._tomesd_transformers.num_tokens == tokens[name]
+        tomesd.remove_patch(model)
+
+
+def test_benchmark_runs_and_reports_at_tiny_size():
+    from scripts import benchmark_transformers as bench
+
+    rows = bench.main(["--tiny", "--models", "vit_b16", "videomae_b", "--repeats", "1", "--warmup", "0",
+                       "--quality-samples", "2"])
+    assert [row["setting"] for row in rows] == ["r=2 global", "r=2 global", "r=2 global", "r=2 spacetime"]
+    for row in rows:
+        assert row["seconds_unpatched"] > 0 and row["seconds_patched"] > 0 and row["speedup"] > 0
+        assert 0.5 < row["flop_ratio"] < 1.0  # fewer tokens, fewer FLOPs
+        assert -1.0 <= row["cosine"] <= 1.0 + 1e-6 and 0.0 <= row["top1_agreement"] <= 1.0
+    assert "| ViT-B/16 224 (tiny) | r=2 global |" in bench.markdown(rows)
