@@ -368,7 +368,7 @@ def _size_biased_pooling(info: _MergeInfo, num_heads: int, module: nn.Module, ar
                          kwargs: dict) -> tuple[tuple, dict] | None:
     """Pre-hook of SigLIP's pooling ``nn.MultiheadAttention``: the probe attends with the log-size bias."""
     keys = args[1] if len(args) > 1 else kwargs["key"]  # (B, N, C)
-    if not info.proportional_attention or info.size is None or info.size.shape[1] != keys.shape[1]:
+    if info.size is None or info.size.shape[1] != keys.shape[1]:
         return None
     bias = info.size.log().to(keys.dtype).transpose(1, 2)  # (B, 1, N)
     return args, {**kwargs, "attn_mask": bias.repeat_interleave(num_heads, dim=0)}  # (B * heads, 1, N)
