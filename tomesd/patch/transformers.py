@@ -168,15 +168,23 @@ class _Route:
 
 
 class _RoutedConfig:
-    """A patched attention module's config: the model's config, except that attention goes to tomesd."""
+    """A patched attention module's config: the model's config, except that attention goes to tomesd.
+
+    Reads and writes go to the model's config (so ``model.set_attn_implementation`` after patching
+    changes the implementation :func:`_merging_attention` calls), while the attention module itself keeps
+    reading ``"tomesd"``.
+    """
 
     _attn_implementation = ATTENTION_NAME
 
     def __init__(self, config: Any) -> None:
-        self._config = config
+        object.__setattr__(self, "_config", config)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_config"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_config"], name, value)
 
 
 def supports(model: Any) -> bool:
