@@ -35,8 +35,8 @@ def main() -> None:
     from transformers import VideoMAEConfig, VideoMAEModel
 
     torch.manual_seed(args.seed)
-    config = VideoMAEConfig(image_size=args.size, num_frames=args.frames, hidden_size=384, num_hidden_layers=args.layers,
-                            num_attention_heads=6, intermediate_size=1536)
+    config = VideoMAEConfig(image_size=args.size, num_frames=args.frames, hidden_size=384,
+                            num_hidden_layers=args.layers, num_attention_heads=6, intermediate_size=1536)
     model = VideoMAEModel(config).eval()
     clip = moving_shapes_clip(args.frames, args.size, seed=args.seed)
     strips = [visualize_video_merges(model, clip, r=args.r, matching=matching) for matching in ("global", "spacetime")]

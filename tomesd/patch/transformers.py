@@ -118,11 +118,9 @@ _WRAPPERS = {
     "VideoMAEForVideoClassification": "videomae",
     "VivitForVideoClassification": "vivit",
 }
-_REFUSED = {
-    "TimesformerModel": "its divided space-time attention reshapes the tokens into a fixed frames x patches "
-                        "grid in every layer, which merged tokens no longer fill",
-}
-_REFUSED["TimesformerForVideoClassification"] = _REFUSED["TimesformerModel"]
+_TIMESFORMER = ("its divided space-time attention reshapes the tokens into a fixed frames x patches grid in every "
+                "layer, which merged tokens no longer fill")
+_REFUSED = {"TimesformerModel": _TIMESFORMER, "TimesformerForVideoClassification": _TIMESFORMER}
 
 
 @dataclass
@@ -165,6 +163,7 @@ class _Route:
     info: _MergeInfo
     config: Any  # the model's own config: its attention implementation is read at each call
     eager: Callable  # the model file's own eager attention function
+    sdpa: Callable  # transformers' SDPA attention function
 
 
 class _RoutedConfig:
@@ -208,8 +207,9 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = OPTIONS["r"],
 
     Raises:
         ValueError: TimeSformer, an attention implementation other than eager / SDPA, gradient
-            checkpointing (its recomputation would run the merge hooks twice), a layer this patch does not know, spacetime matching on an image model, or an
-            r schedule the model does not have the tokens for.
+            checkpointing (its recomputation would run the merge hooks twice), a layer this patch does
+            not know, spacetime matching on an image model, or an r schedule the model does not have
+            the tokens for.
         TypeError: an option of the wrong type.
     """
     options = TransformersOptions(r, proportional_attention, trace_source, matching)
@@ -217,7 +217,7 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = OPTIONS["r"],
     layers = _layers(tower, spec)
     attentions = [_attention_of(layer, spec, index) for index, layer in enumerate(layers)]
     protected = spec.prefix + getattr(tower.config, "num_register_tokens", 0)
-    _register_attention()
+    sdpa = _register_attention()
     info = _MergeInfo(parse_r(r, len(layers)), protected, _grid(tower, spec), proportional_attention,
                       trace_source, matching, state.options)
     _check_schedule(info.schedule, info.num_tokens, protected, r)
@@ -228,11 +228,11 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = OPTIONS["r"],
     state.add_undo(tower.embeddings.register_forward_pre_hook(lambda module, args: info.reset()).remove)
     eager = sys.modules[type(attentions[0]).__module__].eager_attention_forward
     for index, (layer, attention) in enumerate(zip(layers, attentions)):
-        state.set_attr(attention, _ROUTE_ATTR, _Route(info, attention.config, eager))
+        state.set_attr(attention, _ROUTE_ATTR, _Route(info, attention.config, eager, sdpa))
         state.set_attr(attention, "config", _RoutedConfig(attention.config))
         hook = partial(_merge_layer_output, info, index, index == len(layers) - 1)
         state.add_undo(layer.register_forward_hook(hook, prepend=True).remove)
-    _patch_pooling(model, tower, info, state)
+    _patch_pooling(model, _class_name(model), tower, info, state)
 
 
 def set_r(model: nn.Module, r: RSchedule) -> None:
@@ -286,10 +286,10 @@ def _merging_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
     if attention_mask is not None:
         raise ValueError("a token-merging encoder cannot take an attention_mask: masks do not survive merges; "
                          "call tomesd.remove_patch(model) first")
-    route.info.metric = key.mean(dim=1)  # (B, N, D)
+    route.info.metric = key.detach().mean(dim=1)  # (B, N, D): matching needs no gradient
     implementation = route.config._attn_implementation
     if implementation == "sdpa":
-        attend = _sdpa()
+        attend = route.sdpa
     elif implementation == "eager":
         attend = route.eager
     else:
@@ -361,13 +361,13 @@ def _grid_positions(info: _MergeInfo, x: Tensor) -> Tensor:
     return torch.cat([prefix, patches]).expand(x.shape[0], -1, -1)
 
 
-def _patch_pooling(model: nn.Module, tower: nn.Module, info: _MergeInfo, state: PatchState) -> None:
+def _patch_pooling(model: nn.Module, name: str, tower: nn.Module, info: _MergeInfo, state: PatchState) -> None:
     """Weight the heads that pool over tokens by token size (SigLIP attention pooling, VideoMAE mean)."""
     head = getattr(tower, "head", None) if getattr(tower, "use_head", False) else None
     if head is not None:
         hook = partial(_size_biased_pooling, info, head.attention.num_heads)
         state.add_undo(head.attention.register_forward_pre_hook(hook, with_kwargs=True).remove)
-    fc_norm = getattr(model, "fc_norm", None) if type(model).__name__ == "VideoMAEForVideoClassification" else None
+    fc_norm = model.fc_norm if name == "VideoMAEForVideoClassification" else None
     if fc_norm is not None:
         state.add_undo(fc_norm.register_forward_pre_hook(partial(_size_weighted_mean, info)).remove)
 
@@ -465,16 +465,12 @@ def _info(model: nn.Module) -> _MergeInfo:
     return info
 
 
-def _sdpa() -> Callable:
+def _register_attention() -> Callable:
+    """Make ``"tomesd"`` an attention implementation transformers can dispatch to (idempotent; done at
+    each patch, so that recognising a model never imports transformers). Returns the SDPA function."""
+    from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    return ALL_ATTENTION_FUNCTIONS["sdpa"]
-
-
-def _register_attention() -> None:
-    """Make ``"tomesd"`` an attention implementation transformers can dispatch to (idempotent; done at the
-    first patch, so that recognising a model never imports transformers)."""
-    from transformers import AttentionInterface
-
     AttentionInterface.register(ATTENTION_NAME, _merging_attention)
+    return ALL_ATTENTION_FUNCTIONS["sdpa"]
 
