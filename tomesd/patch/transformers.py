@@ -207,7 +207,7 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = OPTIONS["r"],
 
     Raises:
         ValueError: TimeSformer, an attention implementation other than eager / SDPA, gradient
-            checkpointing (its recomputation would run the merge hooks twice), a layer this patch does
+            checkpointing (its recomputation would see later token sizes), a layer this patch does
             not know, spacetime matching on an image model, or an r schedule the model does not have
             the tokens for.
         TypeError: an option of the wrong type.
@@ -420,8 +420,9 @@ def _layers(tower: nn.Module, spec: _Tower) -> list[nn.Module]:
             raise ValueError(f"layer {index} of the {type(tower).__name__} is a {type(layer).__name__}; token merging "
                              f"supports {spec.layer_class} there")
         if getattr(layer, "gradient_checkpointing", False):
-            raise ValueError(f"the {type(tower).__name__} has gradient checkpointing on, whose recomputation would "
-                             "merge twice; call model.gradient_checkpointing_disable() first")
+            raise ValueError(f"the {type(tower).__name__} has activation (gradient) checkpointing on, whose "
+                             "recomputation in the backward pass would see a later layer's token sizes; call "
+                             "model.activation_checkpointing_disable() first")
     return layers
 
 
