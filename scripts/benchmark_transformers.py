@@ -59,7 +59,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermed
 CASES = {
     "videomae_b": Case("VideoMAE-B 16x224", "VideoMAEForVideoClassification", "VideoMAEConfig",
                        dict(BASE, image_size=224, patch_size=16, num_frames=16, tubelet_size=2, num_labels=400),
-                       1, 16, ({"r": 100}, {"r": VIDEO_FRONT_LOADED},
+                       1, 16, ({"r": 100}, {"r": 100, "matching": "spacetime"}, {"r": VIDEO_FRONT_LOADED},
                                {"r": VIDEO_FRONT_LOADED, "matching": "spacetime"}), 3.0,
                        dict(TINY, image_size=32, num_frames=8, num_labels=10)),
     "vit_b16": Case("ViT-B/16 224", "ViTForImageClassification", "ViTConfig",
