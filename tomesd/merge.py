@@ -32,6 +32,8 @@ __all__ = [
     "merge_wavg",
     "random2d_partition",
     "sequence_partition",
+    "spacetime_order",
+    "temporal_soft_matching",
 ]
 
 
@@ -307,3 +309,49 @@ def block_merge(x: Tensor, k: int, weight: Tensor | None = None) -> tuple[Tensor
     total = weight.sum(-1)  # (B, blocks)
     summed = (x.view(batch, blocks, k, channels) * weight.unsqueeze(-1)).sum(2)  # (B, blocks, C)
     return summed / total.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1), total
+
+
+def spacetime_order(positions: Tensor, protected: int = 0) -> Tensor:
+    """The order that puts video tokens place by place, each place's frames in time order.
+
+    Args:
+        positions: (B, N, 3) ``(frame, y, x)`` of each token (in tubelets / patches; a merged token
+            carries the size-weighted mean of its members'). The first ``protected`` rows are ignored.
+        protected: leading tokens (class tokens) that keep their place at the front.
+
+    Returns:
+        (B, N) long indices: gather a sequence with them to sort its non-protected tokens by
+        ``(y, x, frame)``, lexicographically (three stable sorts, innermost key first).
+    """
+    batch, n = positions.shape[:2]
+    order = torch.arange(protected, n, device=positions.device).expand(batch, -1)  # (B, N - p)
+    for axis in (0, 2, 1):  # frame, then x, then y: the last sort is the most significant key
+        key = positions[..., axis].gather(1, order)  # (B, N - p)
+        order = order.gather(1, key.argsort(dim=1, stable=True))
+    prefix = torch.arange(protected, device=positions.device).expand(batch, -1)
+    return torch.cat([prefix, order], dim=1)
+
+
+def temporal_soft_matching(metric: Tensor, r: int, protected: int = 0) -> MergePlan:
+    """Space-time matching for video tokens in :func:`spacetime_order`: merge a token into its neighbour
+    in that order, which is the same place in the next frame (temporal redundancy).
+
+    The sequence after ``protected`` alternates candidate, destination: each candidate may only join the
+    destination right after it (the last candidate of an odd count joins the one before), and the ``r``
+    pairs with the most similar ``metric`` are merged. That costs O(N·C) instead of the all-pairs
+    O(N²·C) of :func:`bipartite_soft_matching`, and it never merges across places in one step; across
+    layers, merged tokens keep their (mean) place and frame, and re-sorting pairs them again.
+
+    Args:
+        metric: (B, N, C) similarity features of tokens already in :func:`spacetime_order`.
+        r: pairs to merge; clamped to the number of candidates (needs at least one destination).
+        protected: leading tokens never merged.
+
+    Returns:
+        A :class:`MergePlan` for sequences of length N.
+    """
+    keep, src, dst = sequence_partition(metric.shape[1], protected, metric.device)
+    if dst.numel() == 0:
+        return _match(metric, keep, src, dst, 0)
+    partner = torch.arange(src.numel(), device=metric.device).clamp_max(dst.numel() - 1)  # (Na,)
+    return _match(metric, keep, src, dst, r, local_target=partner)

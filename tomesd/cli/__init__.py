@@ -30,6 +30,10 @@ COMMANDS = {
     "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
     "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image",
                                 "vision"),
+    "bench-transformers": Command("tomesd.cli.bench_transformers",
+                                  "Hugging Face ViT / DINOv2 / CLIP / VideoMAE encoder speed and agreement"),
+    "visualize-video-merges": Command("tomesd.cli.visualize_video_merges",
+                                      "which VideoMAE tubelets merge across frames, global vs space-time"),
 }
 
 

@@ -13,8 +13,9 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-# Order matters: a SAM model contains ViT-like parts, and a pipeline is checked before bare models.
-FAMILIES = ("diffusers", "sam", "timm")
+# Order matters: a SAM model contains ViT-like parts, and a pipeline is checked before bare models;
+# transformers comes last, as it recognises only its own listed classes (transformers' SamModel is sam's).
+FAMILIES = ("diffusers", "sam", "timm", "transformers")
 
 
 def family_of(model: Any) -> ModuleType:
@@ -30,5 +31,6 @@ def family_of(model: Any) -> ModuleType:
     raise TypeError(
         f"tomesd cannot patch a {type(model).__module__}.{type(model).__qualname__}: expected a diffusers "
         "pipeline or model with transformer blocks (UNet2DConditionModel, ControlNetModel, ...), a timm "
-        "VisionTransformer, or a Segment Anything model / image encoder"
+        "VisionTransformer, a Segment Anything model / image encoder, or a transformers vision encoder "
+        "(ViT, DeiT, Dinov2, CLIP / Siglip vision model, VideoMAE, Vivit)"
     )
