@@ -16,8 +16,7 @@ token back at its original position, merged sources taking the value of their de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -39,6 +38,10 @@ __all__ = [
 class MergePlan:
     """The result of one matching: merge ``r`` tokens of a (B, N, ·) sequence, or undo it.
 
+    Everything :meth:`merge` and :meth:`unmerge` need is computed once, when the plan is made, as plain
+    tensors (no lazily cached attributes: ``functools.cached_property`` takes a lock, which
+    ``torch.compile`` cannot trace), so a plan is built and used inside one compiled graph.
+
     Attributes:
         keep_idx: (k,) positions of protected tokens, copied through untouched.
         src_idx: (Na,) positions of the merge candidates.
@@ -47,6 +50,7 @@ class MergePlan:
         merged: (B, r) indices into the candidates that are merged away.
         target: (B, r) index into the destinations that each merged candidate joins.
         num_tokens: N, the length of the unmerged sequence.
+        rows: (B, N) the row of the merged sequence that each original token goes to (derived).
     """
 
     keep_idx: Tensor
@@ -56,6 +60,15 @@ class MergePlan:
     merged: Tensor
     target: Tensor
     num_tokens: int
+    rows: Tensor = field(init=False, repr=False)
+    _flat_rows: Tensor = field(init=False, repr=False)  # (B * N,) rows of a (B * (N - r), C) view
+
+    def __post_init__(self) -> None:
+        rows = _merged_rows(self.keep_idx, self.src_idx, self.dst_idx, self.unm, self.merged, self.target,
+                            self.num_tokens)  # (B, N)
+        offsets = torch.arange(rows.shape[0], device=rows.device) * self.num_merged_tokens  # (B,)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "_flat_rows", (rows + offsets.unsqueeze(1)).flatten())
 
     @property
     def r(self) -> int:
@@ -84,7 +97,7 @@ class MergePlan:
         elif mode in ("mean", "sum"):
             merged = flat.new_zeros(rows, channels).index_add(0, self._flat_rows, flat)  # (B * (N - r), C)
             if mode == "mean":
-                merged = merged / self._group_sizes.to(merged.dtype).unsqueeze(-1)
+                merged = merged / self._group_sizes().to(merged.dtype).unsqueeze(-1)
         else:
             raise ValueError(f"merge mode must be 'mean', 'sum' or 'amax'; got {mode!r}")
         return merged.view(batch, self.num_merged_tokens, channels)
@@ -98,30 +111,26 @@ class MergePlan:
         flat = x.reshape(batch * self.num_merged_tokens, channels)
         return flat.index_select(0, self._flat_rows).view(batch, self.num_tokens, channels)
 
-    @cached_property
-    def rows(self) -> Tensor:
-        """(B, N): the row of the merged sequence that each original token goes to."""
-        k, n_unm, n_dst = self.keep_idx.numel(), self.unm.shape[1], self.dst_idx.numel()
-        batch, device = self.unm.shape[0], self.unm.device
-        rows = torch.empty(batch, self.num_tokens, dtype=torch.long, device=device)
-        rows[:, self.keep_idx] = torch.arange(k, device=device)
-        rows[:, self.dst_idx] = torch.arange(k + n_unm, k + n_unm + n_dst, device=device)
-        rows.scatter_(1, self.src_idx[self.unm], torch.arange(k, k + n_unm, device=device).expand(batch, -1))
-        rows.scatter_(1, self.src_idx[self.merged], k + n_unm + self.target)
-        return rows
-
-    @cached_property
-    def _flat_rows(self) -> Tensor:
-        """:attr:`rows` flattened over the batch: (B * N,) rows of a (B * (N - r), C) view."""
-        offsets = torch.arange(self.rows.shape[0], device=self.rows.device) * self.num_merged_tokens
-        return (self.rows + offsets.unsqueeze(1)).flatten()
-
-    @cached_property
     def _group_sizes(self) -> Tensor:
         """(B * (N - r),) how many original tokens each merged row holds. (An index_add into a tensor of
         known size, not ``bincount``, whose output size needs a device-to-host copy on GPUs.)"""
-        counts = torch.zeros(self.rows.shape[0] * self.num_merged_tokens, dtype=torch.long, device=self.rows.device)
+        counts = self._flat_rows.new_zeros(self.rows.shape[0] * self.num_merged_tokens)
         return counts.index_add_(0, self._flat_rows, torch.ones_like(self._flat_rows))
+
+
+def _merged_rows(keep_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, unm: Tensor, merged: Tensor, target: Tensor,
+                 num_tokens: int) -> Tensor:
+    """(B, N): the row of the merged layout ``[keep, unmerged src, dst]`` each original token goes to.
+
+    Integer scatters into a tensor of known size only (no masks, no data-dependent shapes)."""
+    k, n_unm, n_dst = keep_idx.numel(), unm.shape[1], dst_idx.numel()
+    batch, device = unm.shape[0], unm.device
+    rows = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
+    rows[:, keep_idx] = torch.arange(k, device=device)
+    rows[:, dst_idx] = torch.arange(k + n_unm, k + n_unm + n_dst, device=device)
+    rows.scatter_(1, src_idx[unm], torch.arange(k, k + n_unm, device=device).expand(batch, -1))
+    rows.scatter_(1, src_idx[merged], k + n_unm + target)
+    return rows
 
 
 def _match(
