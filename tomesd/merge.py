@@ -25,8 +25,10 @@ from torch import Tensor
 __all__ = [
     "MergePlan",
     "bipartite_soft_matching",
+    "bipartite_soft_matching_cells",
     "bipartite_soft_matching_random2d",
     "block_merge",
+    "cell_partition",
     "merge_source",
     "merge_wavg",
     "random2d_partition",
@@ -170,6 +172,44 @@ def sequence_partition(num_tokens: int, protected: int, device: torch.device | N
     """
     positions = torch.arange(num_tokens, device=device)
     return positions[:protected], positions[protected::2], positions[protected + 1 :: 2]
+
+
+def cell_partition(h: int, w: int, sy: int, sx: int, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed split of an h×w token grid: each ``sy``×``sx`` cell's first (top-left) token is its destination.
+
+    Positions come from arithmetic on one ``arange`` (no masks, no ``nonzero``), so the split traces
+    under ``torch.compile`` with static shapes and creates no tensor off ``device``.
+
+    Returns:
+        (keep, src, dst) position tensors: keep is empty; dst holds one position per whole cell, in the
+        cells' row-major order; src every other position, ascending (tokens outside the last whole
+        cell, for sizes that are not multiples of the strides, are candidates too).
+    """
+    cells_y, cells_x = h // sy, w // sx
+    positions = torch.arange(h * w, device=device).view(h, w)
+    in_cells = positions[: cells_y * sy, : cells_x * sx]
+    cells = in_cells.reshape(cells_y, sy, cells_x, sx).transpose(1, 2).reshape(cells_y * cells_x, sy * sx)
+    outside = (positions[: cells_y * sy, cells_x * sx :].flatten(), positions[cells_y * sy :].flatten())
+    src = torch.cat((cells[:, 1:].flatten(), *outside)).sort().values
+    return positions.new_empty(0), src, cells[:, 0]
+
+
+def bipartite_soft_matching_cells(metric: Tensor, w: int, h: int, sx: int, sy: int, r: int) -> MergePlan:
+    """Matching on an h×w grid with the fixed destinations of :func:`cell_partition`.
+
+    Args:
+        metric: (B, h*w, C) similarity features.
+        w, h: the token grid, row-major.
+        sx, sy: destination strides: one destination per sy×sx cell.
+        r: tokens to remove (clamped to the number of candidates); with every candidate merged the
+            merged sequence is the destinations alone, in the cells' row-major order, i.e. a
+            (h // sy, w // sx) grid.
+
+    Returns:
+        A :class:`MergePlan` for sequences of length h*w.
+    """
+    keep, src, dst = cell_partition(h, w, sy, sx, metric.device)
+    return _match(metric, keep, src, dst, r)
 
 
 def random2d_partition(

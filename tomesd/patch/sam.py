@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from ..merge import bipartite_soft_matching_random2d
+from ..merge import bipartite_soft_matching_cells
 from .state import PatchState
 
 __all__ = ["OPTIONS", "apply", "supports"]
@@ -92,7 +92,7 @@ def _run_merged(forward: Callable[..., Any], sx: int, sy: int, *args: Any, **kwa
     if grid_h == 0 or grid_w == 0:
         return forward(x, *args, **kwargs)
     tokens = x.reshape(batch, h * w, channels)  # (B, h*w, C)
-    plan = bipartite_soft_matching_random2d(tokens, w, h, sx, sy, r=h * w - grid_h * grid_w)
+    plan = bipartite_soft_matching_cells(tokens, w, h, sx, sy, r=h * w - grid_h * grid_w)
     merged = plan.merge(tokens).view(batch, grid_h, grid_w, channels)  # (B, h/sy, w/sx, C)
     result = forward(merged, *args, **kwargs)
     # transformers' SAM attention returns (output, weights); weights over merged tokens are not returned
