@@ -19,6 +19,11 @@ attribute; SAM's own attention runs unchanged inside it), and the MLP call the s
 Why not keys/values-only reduction: it leaves all 4096 queries, their (4096 × keys) logits, the softmax
 and the relative-position terms (all computed per query) in place, and those dominate SAM's global
 attention; merging the queries too shrinks every one of them (by (sy*sx)^2 for the logits).
+
+``torch.compile``: a patched encoder traces as one graph (``fullgraph=True``, no graph break, no host
+sync): the destinations are fixed (each cell's first token, :func:`tomesd.merge.cell_partition`), so the
+merged grid's shape depends on the input size and strides only. Dynamo guards on the patched forwards:
+after ``tomesd.remove_patch`` or a new ``apply_patch`` a compiled encoder recompiles, never runs a stale graph.
 """
 
 from __future__ import annotations

@@ -17,6 +17,19 @@ copies timm's forward; it changes, per model:
 The class, distillation and register tokens (``model.num_prefix_tokens``) are never merged. Change the
 schedule after patching with :func:`set_r`; read which input patches each output token holds with
 :func:`merge_sources` (``trace_source=True``).
+
+``torch.compile``: a patched model traces as one graph (``fullgraph=True``, no graph break, no host
+sync, static shapes for a given input size and schedule). Compile the whole model, not block by block:
+token counts shrink block by block, so per-block compilation would compile each block for its own
+count, whereas one whole-model graph holds every count and compiles once per input shape and patch
+(a second batch size adds one dynamic-batch compile that later sizes reuse). Dynamo guards on the
+patch (the schedule's values, the patched forwards and hooks): after :func:`set_r`,
+``tomesd.remove_patch`` or a new ``apply_patch`` the next call of a compiled model recompiles (:func:`set_r`
+back to an earlier schedule of the same patch reuses its graph) and never runs a stale graph. Each
+distinct setting costs one compilation; past ``torch._dynamo.config.recompile_limit`` (8) of them,
+``fullgraph=True`` raises dynamo's ``FailOnRecompileLimitHit`` (without it, the model runs uncompiled);
+``torch._dynamo.reset()`` starts over. Per-forward state (token sizes, the latest keys, sources) lives on
+the patch's ``_MergeInfo`` and is reset by the pre-hook at every forward.
 """
 
 from __future__ import annotations
@@ -186,6 +199,7 @@ def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: int, x: Te
     if r > 0:
         _check_layer_tokens(layer, r, x.shape[1], info.protected)
         plan = bipartite_soft_matching(info.metric, r, protected=info.protected)
+        info.metric = None  # used once: a compiled graph need not return it to the Python object
         if info.trace_source:
             info.source = merge_source(plan, info.source)
         x, info.size = merge_wavg(plan, x, info.size)  # (B, N - r, C), (B, N - r, 1)
