@@ -29,7 +29,13 @@ pytest.importorskip("segment_anything")
 import tomesd  # noqa: E402
 from test_patch_sam import ENCODERS, encoder_by_name  # noqa: E402
 from test_patch_timm import ARCHITECTURES, build  # noqa: E402
-from tomesd.merge import random2d_partition  # noqa: E402
+from tomesd.merge import (  # noqa: E402
+    bipartite_soft_matching,
+    bipartite_soft_matching_cells,
+    merge_source,
+    merge_wavg,
+    random2d_partition,
+)
 from tomesd.patch import timm as tome_timm  # noqa: E402
 
 ATOL = 1e-5  # compiled vs eager where tokens merge: same aten ops, float regrouping at most
@@ -68,6 +74,28 @@ def graph_breaks(module: torch.nn.Module, *args) -> tuple[int, int]:
 def tensor_of(output) -> torch.Tensor:
     """The embedding of a SAM encoder's output (transformers returns a ModelOutput)."""
     return output if isinstance(output, torch.Tensor) else output[0]
+
+
+# --- merge core -------------------------------------------------------------------------------------
+
+
+def merge_everything(metric: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Make plans and use every way of applying one, as the patches do inside a forward."""
+    plan = bipartite_soft_matching(metric, r=5, protected=1)
+    features, size = merge_wavg(plan, x)
+    cells = bipartite_soft_matching_cells(metric, 4, 4, 2, 2, r=12)
+    mean = cells.merge(x)
+    return (features, size, merge_source(plan, None), plan.merge(x, mode="amax"), plan.unmerge(features),
+            plan.rows, mean, cells.unmerge(mean))
+
+
+def test_plans_are_made_and_applied_inside_one_graph():
+    metric, x = torch.randn(2, 16, 4), torch.randn(2, 16, 3)
+    assert graph_breaks(merge_everything, metric, x) == (0, 1)
+    fn, counter = compiled(merge_everything)
+    for out, expected in zip(fn(metric, x), merge_everything(metric, x)):
+        assert torch.allclose(out, expected, atol=ATOL, rtol=ATOL)
+    assert counter.frame_count == 1
 
 
 # --- timm -------------------------------------------------------------------------------------------
