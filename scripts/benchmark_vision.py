@@ -8,11 +8,13 @@ agreement figures are weak evidence about accuracy.
 
     python scripts/benchmark_vision.py                  # the README table (16-35 min at 1 thread)
     python scripts/benchmark_vision.py --models deit_s --repeats 3
+    python scripts/benchmark_vision.py --models deit_s sam_b --compile   # compiled vs compiled (inductor)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -30,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import tomesd  # noqa: E402
+from tomesd.timing import time_interleaved  # noqa: E402
 from tomesd.visualize import drawn_images  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -165,6 +168,65 @@ def mask_iou(sam: torch.nn.Module, reference: torch.Tensor, merged: torch.Tensor
     return (intersection / union.clamp_min(1)).float().mean().item()
 
 
+def measure_compiled(case: Case, repeats: int, backend: str = "inductor") -> list[dict]:
+    """Compiled unpatched vs compiled patched (``torch.compile(fullgraph=True)``), with the same two eager
+    models timed alongside, all four interleaved by :func:`tomesd.timing.time_interleaved` (medians).
+
+    Each compiled model's first call (dynamo tracing plus ``backend`` codegen, and one run) is timed on
+    its own and left out of the medians. Each setting patches its own deep copy of the model, so no
+    compiled graph is ever re-guarded by a patch change. One dict per setting.
+    """
+    model, timed_module, images = build(case)
+    with torch.inference_mode():
+        base, base_compile_s = _first_compiled_call(timed_module, images, backend)
+        rows = []
+        for options in case.settings:
+            patched_model, patched_module = copy.deepcopy((model, timed_module))
+            tomesd.apply_patch(patched_model, **options)
+            tome, tome_compile_s = _first_compiled_call(patched_module, images, backend)
+            deviation = (tome(images) - patched_module(images)).abs().max().item()
+            timings = time_interleaved(
+                {"eager": lambda: timed_module(images), "eager_tome": lambda m=patched_module: m(images),
+                 "compiled": lambda: base(images), "compiled_tome": lambda m=tome: m(images)},
+                repeats=repeats, warmup=1)
+            rows.append({"case": case, "options": options, "backend": backend,
+                         "base_s": timings["compiled"].median, "tome_s": timings["compiled_tome"].median,
+                         "speedup": timings["compiled_tome"].speedup_over(timings["compiled"]),
+                         "eager_speedup": timings["eager_tome"].speedup_over(timings["eager"]),
+                         "base_compile_s": base_compile_s, "tome_compile_s": tome_compile_s,
+                         "max_deviation": deviation})
+        return rows
+
+
+def _first_compiled_call(module: torch.nn.Module, images: torch.Tensor, backend: str) -> tuple[Callable, float]:
+    """(compiled module, seconds of its first call: compilation plus one forward)."""
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
+    start = time.perf_counter()
+    compiled(images)
+    return compiled, time.perf_counter() - start
+
+
+def compiled_markdown(rows: list[dict], threads: int, repeats: int) -> str:
+    """The table of :func:`measure_compiled` rows."""
+    header = (
+        f"Compiled unpatched vs compiled tomesd (torch.compile fullgraph=True, backend {rows[0]['backend']}), in one "
+        f"process, interleaved with the same two models eager, median of {repeats} runs; fp32, {threads} thread(s), "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}; random weights. Compile time: "
+        "the first call, not in the medians.\n\n"
+        "| model | input | tomesd options | compiled img/s | compiled tomesd img/s | speed-up compiled | speed-up eager "
+        "| compile s (unpatched / tomesd) | max abs compiled - eager (tomesd) |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    lines = [
+        f"| {row['case'].label} | bs {row['case'].batch}, {row['case'].resolution} px | {options_text(row['options'])} "
+        f"| {row['case'].batch / row['base_s']:.3g} | {row['case'].batch / row['tome_s']:.3g} | {row['speedup']:.2f}x "
+        f"| {row['eager_speedup']:.2f}x | {row['base_compile_s']:.1f} / {row['tome_compile_s']:.1f} "
+        f"| {row['max_deviation']:.1e} |"
+        for row in rows
+    ]
+    return header + "\n".join(lines) + "\n"
+
+
 def options_text(options: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in options.items())
 
@@ -223,10 +285,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("samples/vision"), help="where benchmark.md/.png go")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="time compiled unpatched vs compiled tomesd (default backend: inductor) into "
+                             "benchmark_compile.md instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.compile:
+        for name in args.models:
+            rows += measure_compiled(CASES[name], args.repeats, args.compile)
+            table = compiled_markdown(rows, args.threads, args.repeats)
+            (args.out / "benchmark_compile.md").write_text(table)  # a partial run keeps its rows
+            print(table, flush=True)
+        return
     for name in args.models:
         rows += measure(CASES[name], args.repeats)
         table = markdown(rows, args.threads, args.repeats)

@@ -12,9 +12,7 @@ no CPU tensor beyond what the unpatched model creates.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -302,9 +300,21 @@ def test_patched_sam_runs_on_meta_and_adds_no_cpu_tensor(name):
 # --- scripts/benchmark_vision.py --compile ------------------------------------------------------------
 
 
-def load_benchmark_vision():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_vision.py"
-    spec = importlib.util.spec_from_file_location("benchmark_vision", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_benchmark_vision_compile_times_compiled_against_compiled(tmp_path, monkeypatch, images):
+    from scripts import benchmark_vision as bench
+
+    case = bench.Case("tiny ViT", "timm", "vit_tiny_patch16_224", 2, 64, ({"r": 3},))
+    model = build("vit")
+    monkeypatch.setitem(bench.CASES, "deit_s", case)
+    monkeypatch.setattr(bench, "build", lambda _: (model, model, images))
+    monkeypatch.setattr("sys.argv", ["benchmark_vision.py", "--models", "deit_s", "--repeats", "2",
+                                     "--compile", "eager", "--out", str(tmp_path)])
+    bench.main()
+    table = (tmp_path / "benchmark_compile.md").read_text()
+    assert "backend eager" in table and "median of 2 runs" in table
+    row = table.strip().splitlines()[-1].split("|")[1:-1]
+    assert [cell.strip() for cell in row[:3]] == ["tiny ViT", "bs 2, 64 px", "r=3"]
+    assert all(float(cell.strip().rstrip("x")) > 0 for cell in row[3:7])
+    assert all(float(seconds) > 0 for seconds in row[7].split("/"))
+    assert float(row[8]) <= ATOL  # the compiled patched model computes what the eager one does
+    assert not tomesd.is_patched(model)  # the patched model was a copy
