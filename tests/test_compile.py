@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-pytest.importorskip("timm")
+timm = pytest.importorskip("timm")
 pytest.importorskip("segment_anything")
 
 import tomesd  # noqa: E402
@@ -180,6 +180,23 @@ def test_remove_and_reapply_after_compiling_never_run_a_stale_graph(images):
     assert not torch.allclose(merged, reference, atol=1e-3)
     assert torch.equal(restored, reference)
     assert torch.allclose(reapplied, eager_reapplied, atol=ATOL, rtol=ATOL)
+
+
+def test_block_by_block_compilation_is_bounded_by_three_graphs_at_any_depth():
+    # the token count differs in every block, but blocks read only their own r: after two static graphs,
+    # one with a dynamic token count serves the other 8 blocks (more than dynamo's recompile limit of 8)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=10, img_size=96).eval()
+    tomesd.apply_patch(model, r=2)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(x)
+        counter = CompileCounterWithBackend("eager")
+        for block in model.blocks:
+            block.compile(backend=counter, fullgraph=True)
+        out = model(x)
+    assert counter.frame_count == 3
+    assert torch.allclose(out, eager, atol=ATOL, rtol=ATOL)
 
 
 def test_a_new_batch_size_compiles_once_more_then_is_reused():
