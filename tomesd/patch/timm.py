@@ -19,19 +19,19 @@ schedule after patching with :func:`set_r`; read which input patches each output
 :func:`merge_sources` (``trace_source=True``).
 
 ``torch.compile``: a patched model traces as one graph (``fullgraph=True``, no graph break, no host
-sync, static shapes for a given input size and schedule). Token counts shrink block by block; one
-whole-model graph holds every count, so it compiles once per input shape and patch (a second batch size
-adds one dynamic-batch compile that later sizes reuse). Compiled block by block (``block.compile()``),
-each block reads only its own r (a :class:`_LayerMerge`), so blocks with the same r share code: three
-compilations for any depth with a constant r (the first block, which has no token sizes yet; the
-second; then one with a dynamic token count that the rest reuse). Dynamo guards on the
-patch (the schedule's values, the patched forwards and hooks): after :func:`set_r`,
-``tomesd.remove_patch`` or a new ``apply_patch`` the next call of a compiled model recompiles (:func:`set_r`
-back to an earlier schedule of the same patch reuses its graph) and never runs a stale graph. Each
-distinct setting costs one compilation; past ``torch._dynamo.config.recompile_limit`` (8) of them,
-``fullgraph=True`` raises dynamo's ``FailOnRecompileLimitHit`` (without it, the model runs uncompiled);
-``torch._dynamo.reset()`` starts over. Per-forward state (token sizes, the latest keys, sources) lives on
-the patch's ``_MergeInfo`` and is reset by the pre-hook at every forward.
+sync, static shapes for a given input size and schedule). Token counts shrink block by block; one whole-
+model graph holds every count, so it compiles once per input shape and patch (a second batch size adds
+one dynamic-batch compile that later sizes reuse). Compiled block by block (``block.compile()``), each
+block reads only its own r (a :class:`_LayerMerge`), so blocks with the same r share code: three
+compilations for any depth with a constant r (the first block, which has no token sizes yet; the second;
+then one with a dynamic token count that the rest reuse), one more per further distinct r. Dynamo guards
+on the patch (the schedule's values, the patched forwards and hooks): after :func:`set_r`,
+``tomesd.remove_patch`` or a new ``apply_patch`` the next call of a compiled model recompiles
+(:func:`set_r` back to an earlier schedule of the same patch reuses its graph) and never runs a stale
+graph. Each distinct setting costs one compilation; past ``torch._dynamo.config.recompile_limit`` (8) of
+them, ``fullgraph=True`` raises dynamo's ``FailOnRecompileLimitHit`` (without it, the model runs
+uncompiled); ``torch._dynamo.reset()`` starts over. Per-forward state (token sizes, the latest keys,
+sources) lives on the patch's ``_MergeInfo`` and is reset by the pre-hook at every forward.
 """
 
 from __future__ import annotations
