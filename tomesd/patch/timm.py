@@ -19,10 +19,10 @@ schedule after patching with :func:`set_r`; read which input patches each output
 :func:`merge_sources` (``trace_source=True``).
 
 ``torch.compile``: a patched model traces as one graph (``fullgraph=True``, no graph break, no host
-sync, static shapes for a given input size and schedule). Token counts shrink block by block; one whole-
-model graph holds every count, so it compiles once per input shape and patch (a second batch size adds
-one dynamic-batch compile that later sizes reuse). Compiled block by block (``block.compile()``), each
-block reads only its own r (a :class:`_LayerMerge`), so blocks with the same r share code: three
+sync, static shapes for a given input size and schedule). Token counts shrink block by block; one
+whole-model graph holds every count, so it compiles once per input shape and patch (a second batch size
+adds one dynamic-batch compile that later sizes reuse). Compiled block by block (``block.compile()``),
+each block reads only its own r (a :class:`_LayerMerge`), so blocks with the same r share code: three
 compilations for any depth with a constant r (the first block, which has no token sizes yet; the second;
 then one with a dynamic token count that the rest reuse), one more per further distinct r. Dynamo guards
 on the patch (the schedule's values, the patched forwards and hooks): after :func:`set_r`,
