@@ -174,7 +174,9 @@ def sequence_partition(num_tokens: int, protected: int, device: torch.device | N
     return positions[:protected], positions[protected::2], positions[protected + 1 :: 2]
 
 
-def cell_partition(h: int, w: int, sy: int, sx: int, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def cell_partition(
+    h: int, w: int, sy: int, sx: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """A fixed split of an h×w token grid: each ``sy``×``sx`` cell's first (top-left) token is its destination.
 
     Positions come from arithmetic on one ``arange`` (no masks, no ``nonzero``), so the split traces
