@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from ..merge import bipartite_soft_matching, merge_source, merge_wavg
