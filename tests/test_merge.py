@@ -234,3 +234,11 @@ def test_plan_rows_send_every_token_to_its_place_in_the_merged_layout():
         for candidate, target in zip(plan.merged[b].tolist(), plan.target[b].tolist()):
             expected[int(plan.src_idx[candidate])] = k + n_unm + target
         assert plan.rows[b].tolist() == expected
+
+
+@pytest.mark.parametrize("tokens, protected", [(1, 0), (3, 2), (3, 3)])
+def test_a_sequence_without_destinations_gives_a_plan_that_merges_nothing(tokens, protected):
+    x = _tokens(n=tokens)
+    plan = bipartite_soft_matching(x, r=2, protected=protected)
+    assert plan.r == 0 and plan.num_merged_tokens == tokens
+    assert torch.equal(plan.merge(x), x) and torch.equal(plan.unmerge(x), x)

@@ -145,7 +145,11 @@ def _match(
     (known from the grid's shape, so no device-to-host copy is needed to count them).
     """
     batch = metric.shape[0]
-    r = max(0, min(r, src_idx.numel()))
+    # no destination (only protected tokens after the first, a grid smaller than one cell): nothing can merge
+    r = max(0, min(r, src_idx.numel())) if dst_idx.numel() else 0
+    if r == 0:  # a plan that merges nothing; no similarity to compute
+        unm = torch.arange(src_idx.numel(), device=metric.device).expand(batch, -1)  # (B, Na)
+        return MergePlan(keep_idx, src_idx, dst_idx, unm, unm[:, :0], unm[:, :0], metric.shape[1])
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
         src, dst = metric.index_select(1, src_idx), metric.index_select(1, dst_idx)  # (B, Na, C), (B, Nb, C)
@@ -158,9 +162,6 @@ def _match(
         order = best.argsort(dim=-1, descending=True, stable=True)
         merged, unm = order[:, :r], order[:, r:]
         target = target.gather(1, merged)
-    if r == 0:
-        empty = torch.empty(batch, 0, dtype=torch.long, device=metric.device)
-        merged = target = empty
     return MergePlan(keep_idx, src_idx, dst_idx, unm, merged, target, metric.shape[1])
 
 
