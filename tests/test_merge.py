@@ -5,8 +5,10 @@ import torch
 
 from tomesd.merge import (
     bipartite_soft_matching,
+    bipartite_soft_matching_cells,
     bipartite_soft_matching_random2d,
     block_merge,
+    cell_partition,
     merge_source,
     merge_wavg,
     random2d_partition,
@@ -194,3 +196,49 @@ def test_local_matching_picks_the_most_similar_candidates():
     x[0, 1] = x[0, 0]  # candidate 1 duplicates its cell's destination 0
     plan = bipartite_soft_matching_random2d(x, 4, 4, 2, 2, 1, None, local=True)
     assert plan.src_idx[plan.merged].tolist() == [[1]] and plan.dst_idx[plan.target].tolist() == [[0]]
+
+
+@pytest.mark.parametrize("h,w,sy,sx", [(8, 8, 2, 2), (7, 5, 2, 2), (9, 6, 3, 2), (1, 1, 2, 2), (4, 4, 1, 1)])
+def test_cell_partition_takes_each_cells_first_token_and_every_other_token_as_a_candidate(h, w, sy, sx):
+    keep, src, dst = cell_partition(h, w, sy, sx)
+    assert keep.numel() == 0
+    assert dst.tolist() == [cy * sy * w + cx * sx for cy in range(h // sy) for cx in range(w // sx)]
+    assert src.tolist() == sorted(set(range(h * w)) - set(dst.tolist()))
+
+
+def test_cells_matching_with_every_candidate_merged_leaves_the_destination_grid():
+    # SAM's use: r = all candidates, so the merged sequence is one row per cell, in the cells' order,
+    # each the mean of its destination and the candidates that joined it
+    x = _tokens(batch=2, n=6 * 4, c=5)
+    plan = bipartite_soft_matching_cells(x, 4, 6, 2, 3, r=1000)
+    merged = plan.merge(x)  # (B, 2 * 2, C)
+    assert plan.r == 24 - 4 and merged.shape == (2, 4, 5)
+    for b in range(2):
+        for cell, position in enumerate(plan.dst_idx.tolist()):
+            members = [position] + [int(plan.src_idx[s]) for s, t in zip(plan.merged[b], plan.target[b]) if t == cell]
+            torch.testing.assert_close(merged[b, cell], x[b, members].mean(0))  # float summation order
+    assert torch.equal(plan.rows, plan.rows.clamp(0, 3))  # every token lands in one of the 4 rows
+
+
+def test_plan_rows_send_every_token_to_its_place_in_the_merged_layout():
+    # [keep, unmerged candidates, destinations]; merged candidates go to their destination's row
+    x = _tokens(batch=2, n=11)
+    plan = bipartite_soft_matching(x, r=3, protected=1)
+    k, n_unm = 1, plan.unm.shape[1]
+    for b in range(2):
+        expected = [0] * 11
+        for i, position in enumerate(plan.dst_idx.tolist()):
+            expected[position] = k + n_unm + i
+        for i, candidate in enumerate(plan.unm[b].tolist()):
+            expected[int(plan.src_idx[candidate])] = k + i
+        for candidate, target in zip(plan.merged[b].tolist(), plan.target[b].tolist()):
+            expected[int(plan.src_idx[candidate])] = k + n_unm + target
+        assert plan.rows[b].tolist() == expected
+
+
+@pytest.mark.parametrize("tokens, protected", [(1, 0), (3, 2), (3, 3)])
+def test_a_sequence_without_destinations_gives_a_plan_that_merges_nothing(tokens, protected):
+    x = _tokens(n=tokens)
+    plan = bipartite_soft_matching(x, r=2, protected=protected)
+    assert plan.r == 0 and plan.num_merged_tokens == tokens
+    assert torch.equal(plan.merge(x), x) and torch.equal(plan.unmerge(x), x)

@@ -134,9 +134,6 @@ def test_grid_matching_merges_the_documented_count_and_stays_in_cells_when_local
                     assert inside[members].all() and _cells(members, w, sx, sy).unique().numel() == 1
 
 
-@pytest.mark.xfail(strict=True, reason="#17 items 3/13: with no destination (a grid smaller than one sy x sx cell) "
-                   "the merge core raises an internal error instead of returning a do-nothing plan; the fix is in "
-                   "tomesd/merge.py (owned by the block-table / compile helpers). Remove this mark once it passes.")
 @PROPERTY
 @given(small_grids())
 def test_a_grid_smaller_than_one_cell_gives_a_plan_that_merges_nothing(case):
@@ -144,9 +141,6 @@ def test_a_grid_smaller_than_one_cell_gives_a_plan_that_merges_nothing(case):
     check_plan(plan, x, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="#17 item 13: a sequence with no destination after its protected tokens "
-                   "(N - protected <= 1) makes _match raise an internal error instead of returning a do-nothing "
-                   "plan; the fix is in tomesd/merge.py (compile helper). Remove this mark once it passes.")
 @PROPERTY
 @given(st.integers(1, 6), st.integers(-2, 4), st.integers(1, 3))
 def test_a_sequence_without_destinations_gives_a_plan_that_merges_nothing(tokens, r, batch):

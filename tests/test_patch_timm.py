@@ -112,7 +112,7 @@ def test_proportional_bias_makes_a_merged_token_attend_like_its_copies():
     torch.manual_seed(0)
     attention = timm.layers.Attention(32, num_heads=4).eval()
     a, b = torch.randn(1, 1, 32), torch.randn(1, 1, 32)
-    info = tome_timm._MergeInfo([0], 0, True, False, {}, size=torch.tensor([[[1.0], [2.0]]]))
+    info = tome_timm._MergeInfo([], 0, True, False, {}, size=torch.tensor([[[1.0], [2.0]]]))
     with torch.no_grad():
         with_copies = attention(torch.cat([a, b, b], dim=1))
         merged = attention(torch.cat([a, b], dim=1), attn_mask=tome_timm._proportional_bias(info))

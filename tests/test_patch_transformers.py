@@ -7,7 +7,6 @@ Tiny random-weight models from tests/tiny_transformers.py (4 layers, 16 image / 
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -241,9 +240,6 @@ def test_temporal_matching_pairs_each_candidate_with_the_next_token():
     assert odd.r == 3 and odd.num_merged_tokens == 2
 
 
-@pytest.mark.xfail(sys.version_info < (3, 12), strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="MergePlan's functools.cached_property takes an RLock on Python 3.11, which dynamo cannot "
-                          "enter; with plain properties there this test passes (the patch itself traces fullgraph)")
 @pytest.mark.parametrize("name,matching", [("vit", "global"), ("videomae", "spacetime"), ("siglip_vision", "global")])
 def test_compiled_fullgraph_matches_eager(name, matching):
     model = tomesd.apply_patch(tiny.build(name), r=2, matching=matching)

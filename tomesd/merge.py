@@ -16,8 +16,7 @@ token back at its original position, merged sources taking the value of their de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -26,8 +25,10 @@ from torch import Tensor
 __all__ = [
     "MergePlan",
     "bipartite_soft_matching",
+    "bipartite_soft_matching_cells",
     "bipartite_soft_matching_random2d",
     "block_merge",
+    "cell_partition",
     "merge_source",
     "merge_wavg",
     "random2d_partition",
@@ -41,6 +42,10 @@ __all__ = [
 class MergePlan:
     """The result of one matching: merge ``r`` tokens of a (B, N, ·) sequence, or undo it.
 
+    Everything :meth:`merge` and :meth:`unmerge` need is computed once, when the plan is made, as plain
+    tensors (no lazily cached attributes: ``functools.cached_property`` takes a lock, which
+    ``torch.compile`` cannot trace), so a plan is built and used inside one compiled graph.
+
     Attributes:
         keep_idx: (k,) positions of protected tokens, copied through untouched.
         src_idx: (Na,) positions of the merge candidates.
@@ -49,6 +54,7 @@ class MergePlan:
         merged: (B, r) indices into the candidates that are merged away.
         target: (B, r) index into the destinations that each merged candidate joins.
         num_tokens: N, the length of the unmerged sequence.
+        rows: (B, N) the row of the merged sequence that each original token goes to (derived).
     """
 
     keep_idx: Tensor
@@ -58,6 +64,15 @@ class MergePlan:
     merged: Tensor
     target: Tensor
     num_tokens: int
+    rows: Tensor = field(init=False, repr=False)
+    _flat_rows: Tensor = field(init=False, repr=False)  # (B * N,) rows of a (B * (N - r), C) view
+
+    def __post_init__(self) -> None:
+        rows = _merged_rows(self.keep_idx, self.src_idx, self.dst_idx, self.unm, self.merged, self.target,
+                            self.num_tokens)  # (B, N)
+        offsets = torch.arange(rows.shape[0], device=rows.device) * self.num_merged_tokens  # (B,)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "_flat_rows", (rows + offsets.unsqueeze(1)).flatten())
 
     @property
     def r(self) -> int:
@@ -86,7 +101,7 @@ class MergePlan:
         elif mode in ("mean", "sum"):
             merged = flat.new_zeros(rows, channels).index_add(0, self._flat_rows, flat)  # (B * (N - r), C)
             if mode == "mean":
-                merged = merged / self._group_sizes.to(merged.dtype).unsqueeze(-1)
+                merged = merged / self._group_sizes().to(merged.dtype).unsqueeze(-1)
         else:
             raise ValueError(f"merge mode must be 'mean', 'sum' or 'amax'; got {mode!r}")
         return merged.view(batch, self.num_merged_tokens, channels)
@@ -100,30 +115,26 @@ class MergePlan:
         flat = x.reshape(batch * self.num_merged_tokens, channels)
         return flat.index_select(0, self._flat_rows).view(batch, self.num_tokens, channels)
 
-    @cached_property
-    def rows(self) -> Tensor:
-        """(B, N): the row of the merged sequence that each original token goes to."""
-        k, n_unm, n_dst = self.keep_idx.numel(), self.unm.shape[1], self.dst_idx.numel()
-        batch, device = self.unm.shape[0], self.unm.device
-        rows = torch.empty(batch, self.num_tokens, dtype=torch.long, device=device)
-        rows[:, self.keep_idx] = torch.arange(k, device=device)
-        rows[:, self.dst_idx] = torch.arange(k + n_unm, k + n_unm + n_dst, device=device)
-        rows.scatter_(1, self.src_idx[self.unm], torch.arange(k, k + n_unm, device=device).expand(batch, -1))
-        rows.scatter_(1, self.src_idx[self.merged], k + n_unm + self.target)
-        return rows
-
-    @cached_property
-    def _flat_rows(self) -> Tensor:
-        """:attr:`rows` flattened over the batch: (B * N,) rows of a (B * (N - r), C) view."""
-        offsets = torch.arange(self.rows.shape[0], device=self.rows.device) * self.num_merged_tokens
-        return (self.rows + offsets.unsqueeze(1)).flatten()
-
-    @cached_property
     def _group_sizes(self) -> Tensor:
         """(B * (N - r),) how many original tokens each merged row holds. (An index_add into a tensor of
         known size, not ``bincount``, whose output size needs a device-to-host copy on GPUs.)"""
-        counts = torch.zeros(self.rows.shape[0] * self.num_merged_tokens, dtype=torch.long, device=self.rows.device)
+        counts = self._flat_rows.new_zeros(self.rows.shape[0] * self.num_merged_tokens)
         return counts.index_add_(0, self._flat_rows, torch.ones_like(self._flat_rows))
+
+
+def _merged_rows(keep_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, unm: Tensor, merged: Tensor, target: Tensor,
+                 num_tokens: int) -> Tensor:
+    """(B, N): the row of the merged layout ``[keep, unmerged src, dst]`` each original token goes to.
+
+    Integer scatters into a tensor of known size only (no masks, no data-dependent shapes)."""
+    k, n_unm, n_dst = keep_idx.numel(), unm.shape[1], dst_idx.numel()
+    batch, device = unm.shape[0], unm.device
+    rows = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
+    rows[:, keep_idx] = torch.arange(k, device=device)
+    rows[:, dst_idx] = torch.arange(k + n_unm, k + n_unm + n_dst, device=device)
+    rows.scatter_(1, src_idx[unm], torch.arange(k, k + n_unm, device=device).expand(batch, -1))
+    rows.scatter_(1, src_idx[merged], k + n_unm + target)
+    return rows
 
 
 def _match(
@@ -136,7 +147,11 @@ def _match(
     (known from the grid's shape, so no device-to-host copy is needed to count them).
     """
     batch = metric.shape[0]
-    r = max(0, min(r, src_idx.numel()))
+    # no destination (only protected tokens after the first, a grid smaller than one cell): nothing can merge
+    r = max(0, min(r, src_idx.numel())) if dst_idx.numel() else 0
+    if r == 0:  # a plan that merges nothing; no similarity to compute
+        unm = torch.arange(src_idx.numel(), device=metric.device).expand(batch, -1)  # (B, Na)
+        return MergePlan(keep_idx, src_idx, dst_idx, unm, unm[:, :0], unm[:, :0], metric.shape[1])
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
         src, dst = metric.index_select(1, src_idx), metric.index_select(1, dst_idx)  # (B, Na, C), (B, Nb, C)
@@ -149,9 +164,6 @@ def _match(
         order = best.argsort(dim=-1, descending=True, stable=True)
         merged, unm = order[:, :r], order[:, r:]
         target = target.gather(1, merged)
-    if r == 0:
-        empty = torch.empty(batch, 0, dtype=torch.long, device=metric.device)
-        merged = target = empty
     return MergePlan(keep_idx, src_idx, dst_idx, unm, merged, target, metric.shape[1])
 
 
@@ -163,6 +175,46 @@ def sequence_partition(num_tokens: int, protected: int, device: torch.device | N
     """
     positions = torch.arange(num_tokens, device=device)
     return positions[:protected], positions[protected::2], positions[protected + 1 :: 2]
+
+
+def cell_partition(
+    h: int, w: int, sy: int, sx: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed split of an h×w token grid: each ``sy``×``sx`` cell's first (top-left) token is its destination.
+
+    Positions come from arithmetic on one ``arange`` (no masks, no ``nonzero``), so the split traces
+    under ``torch.compile`` with static shapes and creates no tensor off ``device``.
+
+    Returns:
+        (keep, src, dst) position tensors: keep is empty; dst holds one position per whole cell, in the
+        cells' row-major order; src every other position, ascending (tokens outside the last whole
+        cell, for sizes that are not multiples of the strides, are candidates too).
+    """
+    cells_y, cells_x = h // sy, w // sx
+    positions = torch.arange(h * w, device=device).view(h, w)
+    in_cells = positions[: cells_y * sy, : cells_x * sx]
+    cells = in_cells.reshape(cells_y, sy, cells_x, sx).transpose(1, 2).reshape(cells_y * cells_x, sy * sx)
+    outside = (positions[: cells_y * sy, cells_x * sx :].flatten(), positions[cells_y * sy :].flatten())
+    src = torch.cat((cells[:, 1:].flatten(), *outside)).sort().values
+    return positions.new_empty(0), src, cells[:, 0]
+
+
+def bipartite_soft_matching_cells(metric: Tensor, w: int, h: int, sx: int, sy: int, r: int) -> MergePlan:
+    """Matching on an h×w grid with the fixed destinations of :func:`cell_partition`.
+
+    Args:
+        metric: (B, h*w, C) similarity features.
+        w, h: the token grid, row-major.
+        sx, sy: destination strides: one destination per sy×sx cell.
+        r: tokens to remove (clamped to the number of candidates); with every candidate merged the
+            merged sequence is the destinations alone, in the cells' row-major order, i.e. a
+            (h // sy, w // sx) grid.
+
+    Returns:
+        A :class:`MergePlan` for sequences of length h*w.
+    """
+    keep, src, dst = cell_partition(h, w, sy, sx, metric.device)
+    return _match(metric, keep, src, dst, r)
 
 
 def random2d_partition(

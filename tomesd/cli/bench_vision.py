@@ -4,6 +4,7 @@ ViTs and the SAM ViT-B image encoder, in one process, interleaved, with the agre
 
     tomesd bench-vision                                  # the README table (16-35 min at 1 thread)
     tomesd bench-vision --models deit_s --repeats 3
+    tomesd bench-vision --models deit_s sam_b --compile  # compiled vs compiled (inductor)
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("samples/vision"), help="where benchmark.md/.png go")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="time compiled unpatched vs compiled tomesd (default backend: inductor) into "
+                             "benchmark_compile.md instead")
     return parser
 
 
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be at least 1")
-    run_benchmark(args.models, args.repeats, args.threads, args.out)
+    run_benchmark(args.models, args.repeats, args.threads, args.out, args.compile)
     return 0
 
 

@@ -10,7 +10,9 @@ checkpoint=None: no hub access), so agreement figures are weak evidence about ac
 
 from __future__ import annotations
 
+import copy
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +26,7 @@ import tomesd
 from tomesd.lab.timing import time_interleaved
 from tomesd.lab.visualize import drawn_images
 
-__all__ = ["CASES", "Case", "markdown", "measure", "plot"]
+__all__ = ["CASES", "Case", "compiled_markdown", "markdown", "measure", "measure_compiled", "plot", "run_benchmark"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,6 +166,65 @@ def mask_iou(sam: torch.nn.Module, reference: torch.Tensor, merged: torch.Tensor
     return (intersection / union.clamp_min(1)).float().mean().item()
 
 
+def measure_compiled(case: Case, repeats: int, backend: str = "inductor") -> list[dict]:
+    """Compiled unpatched vs compiled patched (``torch.compile(fullgraph=True)``), with the same two eager
+    models timed alongside, all four interleaved by :func:`tomesd.lab.timing.time_interleaved` (medians).
+
+    Each compiled model's first call (dynamo tracing plus ``backend`` codegen, and one run) is timed on
+    its own and left out of the medians. Each setting patches its own deep copy of the model, so no
+    compiled graph is ever re-guarded by a patch change. One dict per setting.
+    """
+    model, timed_module, images = build(case)
+    with torch.inference_mode():
+        base, base_compile_s = _first_compiled_call(timed_module, images, backend)
+        rows = []
+        for options in case.settings:
+            patched_model, patched_module = copy.deepcopy((model, timed_module))
+            tomesd.apply_patch(patched_model, **options)
+            tome, tome_compile_s = _first_compiled_call(patched_module, images, backend)
+            deviation = (tome(images) - patched_module(images)).abs().max().item()
+            timings = time_interleaved(
+                {"eager": lambda: timed_module(images), "eager_tome": lambda m=patched_module: m(images),
+                 "compiled": lambda: base(images), "compiled_tome": lambda m=tome: m(images)},
+                repeats=repeats, warmup=1)
+            rows.append({"case": case, "options": options, "backend": backend,
+                         "base_s": timings["compiled"].median, "tome_s": timings["compiled_tome"].median,
+                         "speedup": timings["compiled_tome"].speedup_over(timings["compiled"]),
+                         "eager_speedup": timings["eager_tome"].speedup_over(timings["eager"]),
+                         "base_compile_s": base_compile_s, "tome_compile_s": tome_compile_s,
+                         "max_deviation": deviation})
+        return rows
+
+
+def _first_compiled_call(module: torch.nn.Module, images: torch.Tensor, backend: str) -> tuple[Callable, float]:
+    """(compiled module, seconds of its first call: compilation plus one forward)."""
+    compiled = torch.compile(module, backend=backend, fullgraph=True)
+    start = time.perf_counter()
+    compiled(images)
+    return compiled, time.perf_counter() - start
+
+
+def compiled_markdown(rows: list[dict], threads: int, repeats: int) -> str:
+    """The table of :func:`measure_compiled` rows."""
+    header = (
+        f"Compiled unpatched vs compiled tomesd (torch.compile fullgraph=True, backend {rows[0]['backend']}), in one "
+        f"process, interleaved with the same two models eager, median of {repeats} runs; fp32, {threads} thread(s), "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}; random weights. Compile time: "
+        "the first call, not in the medians.\n\n"
+        "| model | input | tomesd options | compiled img/s | compiled tomesd img/s | speed-up compiled "
+        "| speed-up eager | compile s (unpatched / tomesd) | max abs compiled - eager (tomesd) |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    lines = [
+        f"| {row['case'].label} | bs {row['case'].batch}, {row['case'].resolution} px | {options_text(row['options'])} "
+        f"| {row['case'].batch / row['base_s']:.3g} | {row['case'].batch / row['tome_s']:.3g} | {row['speedup']:.2f}x "
+        f"| {row['eager_speedup']:.2f}x | {row['base_compile_s']:.1f} / {row['tome_compile_s']:.1f} "
+        f"| {row['max_deviation']:.1e} |"
+        for row in rows
+    ]
+    return header + "\n".join(lines) + "\n"
+
+
 def options_text(options: dict) -> str:
     """``{"sx": 2, "sy": 2}`` -> ``"sx=2, sy=2"``."""
     return ", ".join(f"{key}={value}" for key, value in options.items())
@@ -219,12 +280,22 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_benchmark(models: list[str], repeats: int, threads: int, out: Path) -> str:
+def run_benchmark(models: list[str], repeats: int, threads: int, out: Path, compile_backend: str | None = None) -> str:
     """Measure ``models`` (keys of :data:`CASES`) in order, rewriting ``benchmark.md`` / ``.png`` in ``out``
-    after each one (a partial run keeps its rows) and printing the table; returns the final Markdown."""
+    after each one (a partial run keeps its rows) and printing the table; returns the final Markdown.
+
+    With ``compile_backend`` (e.g. "inductor"), time compiled unpatched vs compiled patched instead
+    (:func:`measure_compiled`) into ``benchmark_compile.md``."""
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     rows, table = [], ""
+    if compile_backend:
+        for name in models:
+            rows += measure_compiled(CASES[name], repeats, compile_backend)
+            table = compiled_markdown(rows, threads, repeats)
+            (out / "benchmark_compile.md").write_text(table)  # a partial run keeps its rows
+            print(table, flush=True)
+        return table
     for name in models:
         rows += measure(CASES[name], repeats)
         table = markdown(rows, threads, repeats)

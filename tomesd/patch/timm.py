@@ -17,6 +17,21 @@ copies timm's forward; it changes, per model:
 The class, distillation and register tokens (``model.num_prefix_tokens``) are never merged. Change the
 schedule after patching with :func:`set_r`; read which input patches each output token holds with
 :func:`merge_sources` (``trace_source=True``).
+
+``torch.compile``: a patched model traces as one graph (``fullgraph=True``, no graph break, no host
+sync, static shapes for a given input size and schedule). Token counts shrink block by block; one
+whole-model graph holds every count, so it compiles once per input shape and patch (a second batch size
+adds one dynamic-batch compile that later sizes reuse). Compiled block by block (``block.compile()``),
+each block reads only its own r (a :class:`_LayerMerge`), so blocks with the same r share code: three
+compilations for any depth with a constant r (the first block, which has no token sizes yet; the second;
+then one with a dynamic token count that the rest reuse), one more per further distinct r. Dynamo guards
+on the patch (the schedule's values, the patched forwards and hooks): after :func:`set_r`,
+``tomesd.remove_patch`` or a new ``apply_patch`` the next call of a compiled model recompiles
+(:func:`set_r` back to an earlier schedule of the same patch reuses its graph) and never runs a stale
+graph. Each distinct setting costs one compilation; past ``torch._dynamo.config.recompile_limit`` (8) of
+them, ``fullgraph=True`` raises dynamo's ``FailOnRecompileLimitHit`` (without it, the model runs
+uncompiled); ``torch._dynamo.reset()`` starts over. Per-forward state (token sizes, the latest keys,
+sources) lives on the patch's ``_MergeInfo`` and is reset by the pre-hook at every forward.
 """
 
 from __future__ import annotations
@@ -25,7 +40,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence, Union
 
-import torch
 from torch import Tensor, nn
 
 from ..merge import bipartite_soft_matching, merge_source, merge_wavg
@@ -44,10 +58,22 @@ _ROPE_CLASSES = {"Eva"}
 
 
 @dataclass
+class _LayerMerge:
+    """One patched block's own setting: its index (for messages) and how many tokens it merges.
+
+    An object per block rather than an index into a shared schedule, so that a compiled graph depends on
+    the block's r only: blocks merging the same r can share compiled code (block-by-block compilation).
+    """
+
+    index: int
+    r: int
+
+
+@dataclass
 class _MergeInfo:
     """What the patched blocks of one model share during a forward."""
 
-    schedule: list[int]
+    layers: list[_LayerMerge]  # one per block, in order
     protected: int
     proportional_attention: bool
     trace_source: bool
@@ -122,7 +148,7 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_at
         proportional_attention: add ``log(size)`` to the attention logits of merged keys, so a token
             holding s patches weighs like s tokens (ToMe's recommendation; on by default).
         trace_source: record which input patches each token holds, for :func:`merge_sources` and
-            :mod:`tomesd.visualize`; costs an (N, N) matrix per image.
+            :mod:`tomesd.lab.visualize`; costs an (N, N) matrix per image.
 
     Raises:
         ValueError: a RoPE model or a block / attention type this patch cannot handle correctly, or an
@@ -130,12 +156,13 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_at
         TypeError: ``r`` of the wrong type.
     """
     blocks = _validated_blocks(model)
-    info = _MergeInfo(parse_r(r, len(blocks)), model.num_prefix_tokens, bool(proportional_attention),
-                      bool(trace_source), state.options)
-    _check_schedule(info.schedule, _num_tokens(model), info.protected, r)
+    schedule = parse_r(r, len(blocks))
+    _check_schedule(schedule, _num_tokens(model), model.num_prefix_tokens, r)
+    info = _MergeInfo([_LayerMerge(index, layer_r) for index, layer_r in enumerate(schedule)],
+                      model.num_prefix_tokens, bool(proportional_attention), bool(trace_source), state.options)
     state.set_attr(model, _INFO_ATTR, info)
     state.add_undo(model.patch_embed.register_forward_pre_hook(lambda module, args: info.reset()).remove)
-    for layer, block in enumerate(blocks):
+    for block, layer in zip(blocks, info.layers):
         state.add_undo(block.attn.k_norm.register_forward_hook(partial(_keep_metric, info)).remove)
         state.set_attr(block, "forward", partial(_merging_block_forward, block, info, layer))
     state.set_attr(model, "pool", partial(_size_weighted_pool, model, model.pool, info))
@@ -152,9 +179,10 @@ def set_r(model: nn.Module, r: RSchedule) -> None:
         ValueError: the model is not patched by this module, or the schedule does not fit it.
     """
     info = _info(model)
-    schedule = parse_r(r, len(info.schedule))
+    schedule = parse_r(r, len(info.layers))
     _check_schedule(schedule, _num_tokens(model), info.protected, r)
-    info.schedule = schedule
+    for layer, layer_r in zip(info.layers, schedule):
+        layer.r = layer_r
     info.options["r"] = r
 
 
@@ -174,7 +202,7 @@ def merge_sources(model: nn.Module) -> Tensor | None:
     return info.source
 
 
-def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: int, x: Tensor,
+def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: _LayerMerge, x: Tensor,
                            attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
     """timm's pre-norm block with a ToMe merge between attention and MLP. x: (B, N, C)."""
     if attn_mask is not None or is_causal:
@@ -182,10 +210,11 @@ def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: int, x: Te
                          "call tomesd.remove_patch(model) first")
     bias = _proportional_bias(info) if info.proportional_attention else None
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=bias)))  # (B, N, C)
-    r = info.schedule[layer]
+    r = layer.r
     if r > 0:
-        _check_layer_tokens(layer, r, x.shape[1], info.protected)
+        _check_layer_tokens(layer.index, r, x.shape[1], info.protected)
         plan = bipartite_soft_matching(info.metric, r, protected=info.protected)
+        info.metric = None  # used once: a compiled graph need not return it to the Python object
         if info.trace_source:
             info.source = merge_source(plan, info.source)
         x, info.size = merge_wavg(plan, x, info.size)  # (B, N - r, C), (B, N - r, 1)
