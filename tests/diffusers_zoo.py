@@ -1,0 +1,340 @@
+"""The diffusers zoo: a tiny, seeded, offline instance of every diffusers model class with attention.
+
+``ZOO`` maps a key (a diffusers class name, or ``"ClassName:variant"`` for a second layout of the same
+class) to a builder; ``ZOO[key]()`` returns ``(model, kwargs)`` with the model in eval mode on the CPU and
+``model(**kwargs)`` its example forward (well under a second). ``UNBUILDABLE`` lists the classes with
+attention that have no builder, each with the reason; ``OUT_OF_SCOPE`` lists the remaining top-level
+``ModelMixin`` classes (no attention, or not a denoiser a token-merging patch could serve), each with the
+reason. Every ``ModelMixin`` class that diffusers exports is in exactly one of the three, which
+``tests/test_diffusers_zoo.py`` checks, so a diffusers release that adds a class fails that test until the
+class is sorted here.
+
+Shapes follow the real architectures at toy width (configs written for these tests, after the kind of
+tiny configs diffusers' own model tests use); weights are random (``torch.manual_seed``), so outputs say
+nothing about quality — these models exist to exercise patching on the real module structure.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+import tiny
+
+Builder = Callable[[], tuple[nn.Module, dict[str, Any]]]
+
+ZOO: dict[str, Builder] = {}
+
+
+def builder(*keys: str) -> Callable[[Builder], Builder]:
+    """Register the decorated function as the builder of each of ``keys``."""
+
+    def register(fn: Builder) -> Builder:
+        for key in keys:
+            if key in ZOO:
+                raise KeyError(f"zoo key {key!r} registered twice")
+            ZOO[key] = fn
+        return fn
+
+    return register
+
+
+def class_name(key: str) -> str:
+    """The diffusers class a zoo key builds: ``"SD3Transformer2DModel:sd35"`` -> ``"SD3Transformer2DModel"``."""
+    return key.split(":", 1)[0]
+
+
+def build(key: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``ZOO[key]``: (model in eval mode, example forward kwargs)."""
+    model, kwargs = ZOO[key]()
+    return model.eval(), kwargs
+
+
+def _seeded(seed: int = 0) -> None:
+    torch.manual_seed(seed)
+
+
+def _randn(*shape: int, seed: int = 100) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _t(value: float = 500.0, batch: int = 1) -> Tensor:
+    return torch.full((batch,), value)
+
+
+TEXT_LEN = 8  # text tokens in every example
+
+
+# --- U-Nets -----------------------------------------------------------------------------------------
+
+
+def _unet_kwargs(text_dim: int = tiny.TEXT_DIM) -> dict[str, Any]:
+    return {"sample": _randn(1, 4, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, text_dim, seed=101)}
+
+
+@builder("UNet2DConditionModel")
+def unet_sd1():
+    return tiny.unet("sd1"), _unet_kwargs()
+
+
+@builder("UNet2DConditionModel:sdxl")
+def unet_sdxl():
+    kwargs = _unet_kwargs(2 * tiny.TEXT_DIM)
+    kwargs["added_cond_kwargs"] = {"text_embeds": _randn(1, tiny.TEXT_DIM, seed=102), "time_ids": _randn(1, 6, seed=103)}
+    return tiny.unet("sdxl"), kwargs
+
+
+@builder("ControlNetModel")
+def controlnet():
+    kwargs = _unet_kwargs()
+    kwargs["controlnet_cond"] = _randn(1, 3, 32, 32, seed=104)
+    return tiny.controlnet(tiny.unet("sd1")), kwargs
+
+
+def _motion_adapter(seed: int = 2):
+    from diffusers import MotionAdapter
+
+    _seeded(seed)
+    return MotionAdapter(
+        block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2, motion_norm_num_groups=8,
+        motion_max_seq_length=8,
+    )
+
+
+def _video_unet_kwargs(frames: int = 2, text_dim: int = tiny.TEXT_DIM) -> dict[str, Any]:
+    return {
+        "sample": _randn(1, 4, frames, 16, 16), "timestep": _t(),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, text_dim, seed=101),
+    }
+
+
+def _motion_kwargs(frames: int = 2) -> dict[str, Any]:
+    """UNetMotionModel wants the text per frame, (B * F, T, C), as AnimateDiffPipeline repeats it."""
+    kwargs = _video_unet_kwargs(frames)
+    kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].repeat_interleave(frames, dim=0)
+    return kwargs
+
+
+@builder("UNetMotionModel")
+def unet_motion():
+    """AnimateDiff's layout: a tiny SD 1.x U-Net with a motion adapter inserted (``from_unet2d``)."""
+    from diffusers import UNetMotionModel
+
+    model = UNetMotionModel.from_unet2d(tiny.unet("sd1"), _motion_adapter())
+    return model, _motion_kwargs()
+
+
+@builder("UNetMotionModel:direct")
+def unet_motion_direct():
+    from diffusers import UNetMotionModel
+
+    _seeded()
+    model = UNetMotionModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM,
+        num_attention_heads=4, down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"), motion_max_seq_length=8, motion_num_attention_heads=2,
+    )
+    return model, _motion_kwargs()
+
+
+@builder("UNetSpatioTemporalConditionModel")
+def unet_svd():
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    _seeded()
+    model = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, in_channels=8, out_channels=4, cross_attention_dim=tiny.TEXT_DIM,
+        num_attention_heads=(2, 4), addition_time_embed_dim=8, projection_class_embeddings_input_dim=3 * 8,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), num_frames=2,
+    )
+    kwargs = {
+        "sample": _randn(1, 2, 8, 16, 16), "timestep": _t(),  # (B, F, C, H, W): frames before channels
+        "encoder_hidden_states": _randn(1, 1, tiny.TEXT_DIM, seed=101), "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]]),
+    }
+    return model, kwargs
+
+
+@builder("UNet3DConditionModel")
+def unet_3d():
+    from diffusers import UNet3DConditionModel
+
+    _seeded()
+    model = UNet3DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM,
+        attention_head_dim=8, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    )
+    return model, _video_unet_kwargs()
+
+
+@builder("I2VGenXLUNet")
+def unet_i2vgen():
+    from diffusers import I2VGenXLUNet
+
+    _seeded()
+    model = I2VGenXLUNet(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM,
+        attention_head_dim=8, num_attention_heads=None, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    )
+    kwargs = _video_unet_kwargs()
+    kwargs.update(fps=torch.tensor([8]), image_latents=_randn(1, 4, 2, 16, 16, seed=105),
+                  image_embeddings=_randn(1, tiny.TEXT_DIM, seed=106))
+    return model, kwargs
+
+
+# --- DiT / MMDiT transformers ---------------------------------------------------------------------
+
+
+@builder("PixArtTransformer2DModel")
+def pixart():
+    from diffusers import PixArtTransformer2DModel
+
+    _seeded()
+    model = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=16,
+        in_channels=4, cross_attention_dim=16, out_channels=8, norm_num_groups=8,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "added_cond_kwargs": {"aspect_ratio": None, "resolution": None},
+    }
+    return model, kwargs
+
+
+@builder("DiTTransformer2DModel")
+def dit():
+    from diffusers import DiTTransformer2DModel
+
+    _seeded()
+    model = DiTTransformer2DModel(
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=4,
+        out_channels=8, norm_num_groups=8, num_embeds_ada_norm=1000,
+    )
+    return model, {"hidden_states": _randn(1, 4, 16, 16), "timestep": _t().long(), "class_labels": torch.tensor([3])}
+
+
+def _sd3(dual: tuple[int, ...], qk_norm: str | None):
+    from diffusers import SD3Transformer2DModel
+
+    _seeded()
+    model = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=24, caption_projection_dim=16, pooled_projection_dim=12, out_channels=4, pos_embed_max_size=32,
+        dual_attention_layers=dual, qk_norm=qk_norm,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "pooled_projections": _randn(1, 12, seed=102), "timestep": _t(),
+    }
+    return model, kwargs
+
+
+@builder("SD3Transformer2DModel")
+def sd3():
+    return _sd3((), None)
+
+
+@builder("SD3Transformer2DModel:sd35")
+def sd35():
+    """SD3.5 layout: dual attention (an extra image-only self-attention) in the first blocks, RMS q/k norm."""
+    return _sd3((0, 1), "rms_norm")
+
+
+def flux_ids(height: int, width: int, text_len: int = TEXT_LEN) -> tuple[Tensor, Tensor]:
+    """Flux's position ids for an (height, width) packed-token grid, as FluxPipeline builds them."""
+    img_ids = torch.zeros(height, width, 3)
+    img_ids[..., 1] = torch.arange(height)[:, None]
+    img_ids[..., 2] = torch.arange(width)[None, :]
+    return img_ids.reshape(height * width, 3), torch.zeros(text_len, 3)
+
+
+@builder("FluxTransformer2DModel")
+def flux():
+    from diffusers import FluxTransformer2DModel
+
+    _seeded()
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=(4, 6, 6),
+    )
+    img_ids, txt_ids = flux_ids(8, 8)
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "pooled_projections": _randn(1, 12, seed=102), "timestep": torch.tensor([0.5]), "img_ids": img_ids, "txt_ids": txt_ids,
+    }
+    return model, kwargs
+
+
+@builder("FluxTransformer2DModel:guidance")
+def flux_dev():
+    """Flux.1-dev layout: a guidance embedding (guidance-distilled)."""
+    from diffusers import FluxTransformer2DModel
+
+    _seeded()
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=(4, 6, 6), guidance_embeds=True,
+    )
+    img_ids, txt_ids = flux_ids(4, 6)
+    kwargs = {
+        "hidden_states": _randn(1, 24, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "pooled_projections": _randn(1, 12, seed=102), "timestep": torch.tensor([0.5]), "img_ids": img_ids,
+        "txt_ids": txt_ids, "guidance": torch.tensor([3.5]),
+    }
+    return model, kwargs
+
+
+@builder("SanaTransformer2DModel")
+def sana():
+    from diffusers import SanaTransformer2DModel
+
+    _seeded()
+    model = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=8,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16, sample_size=16,
+    )
+    kwargs = {"hidden_states": _randn(1, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t()}
+    return model, kwargs
+
+
+def _wan(**config: Any):
+    from diffusers import WanTransformer3DModel
+
+    _seeded()
+    base = dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
+        freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    return WanTransformer3DModel(**{**base, **config})
+
+
+@builder("WanTransformer3DModel")
+def wan():
+    kwargs = {"hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101)}
+    return _wan(), kwargs
+
+
+@builder("WanTransformer3DModel:i2v")
+def wan_i2v():
+    """Wan 2.1 I2V layout: CLIP image tokens prepended to the text, separate image-context key/values."""
+    model = _wan(image_dim=16, added_kv_proj_dim=24)
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, 512, 16, seed=101),
+        "encoder_hidden_states_image": _randn(1, 4, 16, seed=102),
+    }
+    return model, kwargs
+
+
+@builder("WanTransformer3DModel:ti2v")
+def wan_ti2v():
+    """Wan 2.2 TI2V layout: a timestep per token, so the modulation is per token."""
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "timestep": torch.full((1, 2 * 8 * 8), 500.0),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+    }
+    return _wan(), kwargs
