@@ -338,3 +338,245 @@ def wan_ti2v():
         "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
     }
     return _wan(), kwargs
+
+
+# --- the other image transformers -------------------------------------------------------------------
+
+
+@builder("AuraFlowTransformer2DModel")
+def auraflow():
+    from diffusers import AuraFlowTransformer2DModel
+
+    _seeded()
+    model = AuraFlowTransformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=16, out_channels=4, pos_embed_max_size=64,
+    )
+    kwargs = {"hidden_states": _randn(1, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101), "timestep": _t()}
+    return model, kwargs
+
+
+@builder("HunyuanDiT2DModel")
+def hunyuan_dit():
+    from diffusers import HunyuanDiT2DModel
+
+    _seeded()
+    model = HunyuanDiT2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=16, hidden_size=16, num_layers=2,
+        cross_attention_dim=24, cross_attention_dim_t5=32, pooled_projection_dim=12, text_len=TEXT_LEN, text_len_t5=6,
+        use_style_cond_and_image_meta_size=False,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "text_embedding_mask": torch.ones(1, TEXT_LEN), "encoder_hidden_states_t5": _randn(1, 6, 32, seed=102),
+        "text_embedding_mask_t5": torch.ones(1, 6), "image_rotary_emb": _hunyuan_rope(8, 8, 8),
+    }
+    return model, kwargs
+
+
+def _hunyuan_rope(head_dim: int, h: int, w: int) -> tuple[Tensor, Tensor]:
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    return get_2d_rotary_pos_embed(head_dim, ((0, 0), (h, w)), (h, w), use_real=True)
+
+
+@builder("LuminaNextDiT2DModel")
+def lumina_next():
+    from diffusers import LuminaNextDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    _seeded()
+    model = LuminaNextDiT2DModel(
+        sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_attention_heads=3, num_kv_heads=1,
+        multiple_of=16, cross_attention_dim=32, learn_sigma=False,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "timestep": torch.tensor([0.5]), "encoder_hidden_states": _randn(1, TEXT_LEN, 32, seed=101),
+        "encoder_mask": torch.ones(1, TEXT_LEN), "image_rotary_emb": get_2d_rotary_pos_embed_lumina(8, 384, 384, linear_factor=1, ntk_factor=1),
+        "cross_attention_kwargs": {},  # the model unpacks it: None fails
+    }
+    return model, kwargs
+
+
+@builder("Lumina2Transformer2DModel")
+def lumina2():
+    from diffusers import Lumina2Transformer2DModel
+
+    _seeded()
+    model = Lumina2Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_refiner_layers=1, num_attention_heads=2,
+        num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 4, 4), axes_lens=(32, 32, 32), cap_feat_dim=16,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "timestep": torch.tensor([0.5]), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN, dtype=torch.bool),
+    }
+    return model, kwargs
+
+
+@builder("QwenImageTransformer2DModel")
+def qwen_image():
+    from diffusers import QwenImageTransformer2DModel
+
+    _seeded()
+    model = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, axes_dims_rope=(4, 6, 6),
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "encoder_hidden_states_mask": torch.ones(1, TEXT_LEN, dtype=torch.long), "timestep": torch.tensor([0.5]),
+        "img_shapes": [[(1, 8, 8)]],
+    }
+    return model, kwargs
+
+
+@builder("ChromaTransformer2DModel")
+def chroma():
+    from diffusers import ChromaTransformer2DModel
+
+    _seeded()
+    model = ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, axes_dims_rope=(4, 6, 6), approximator_num_channels=8, approximator_hidden_dim=16,
+        approximator_layers=1,
+    )
+    img_ids, txt_ids = flux_ids(8, 8)
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "timestep": torch.tensor([0.5]), "img_ids": img_ids, "txt_ids": txt_ids,
+    }
+    return model, kwargs
+
+
+@builder("Flux2Transformer2DModel")
+def flux2():
+    from diffusers import Flux2Transformer2DModel
+
+    _seeded()
+    model = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+    )
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(8.0), torch.arange(8.0), torch.zeros(1), indexing="ij"), -1)
+    txt_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.arange(float(TEXT_LEN)), indexing="ij"), -1)
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "timestep": torch.tensor([0.5]), "img_ids": img_ids.reshape(1, -1, 4), "txt_ids": txt_ids.reshape(1, -1, 4),
+        "guidance": torch.tensor([3.5]),
+    }
+    return model, kwargs
+
+
+@builder("HiDreamImageTransformer2DModel")
+def hidream():
+    from diffusers import HiDreamImageTransformer2DModel
+
+    _seeded()
+    model = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, caption_channels=[16, 12], text_emb_dim=12, num_routed_experts=2, num_activated_experts=1,
+        axes_dims_rope=(4, 2, 2), max_resolution=(16, 16), llama_layers=(0, 1), force_inference_output=True,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "timesteps": torch.tensor([500]),
+        "encoder_hidden_states_t5": _randn(1, TEXT_LEN, 16, seed=101),
+        "encoder_hidden_states_llama3": _randn(2, 1, TEXT_LEN, 12, seed=102), "pooled_embeds": _randn(1, 12, seed=103),
+    }
+    return model, kwargs
+
+
+# --- the other video transformers -------------------------------------------------------------------
+
+
+@builder("CogVideoXTransformer3DModel")
+def cogvideox():
+    from diffusers import CogVideoXTransformer3DModel
+
+    _seeded()
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=16,
+        num_layers=2, sample_width=16, sample_height=16, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=TEXT_LEN,
+    )
+    kwargs = {"hidden_states": _randn(1, 2, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t().long()}
+    return model, kwargs
+
+
+@builder("LTXVideoTransformer3DModel")
+def ltx():
+    from diffusers import LTXVideoTransformer3DModel
+
+    _seeded()
+    model = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, num_layers=2,
+        caption_channels=16,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 2 * 8 * 8, 8), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t(),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN), "num_frames": 2, "height": 8, "width": 8,
+    }
+    return model, kwargs
+
+
+@builder("MochiTransformer3DModel")
+def mochi():
+    from diffusers import MochiTransformer3DModel
+
+    _seeded()
+    model = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=16, in_channels=4,
+        text_embed_dim=16, time_embed_dim=8, max_sequence_length=TEXT_LEN,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t(),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN, dtype=torch.bool),
+    }
+    return model, kwargs
+
+
+@builder("AllegroTransformer3DModel")
+def allegro():
+    from diffusers import AllegroTransformer3DModel
+
+    _seeded()
+    model = AllegroTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=2, cross_attention_dim=16,
+        sample_height=16, sample_width=16, sample_frames=2, caption_channels=16,
+    )
+    kwargs = {"hidden_states": _randn(1, 4, 2, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t()}
+    return model, kwargs
+
+
+@builder("LatteTransformer3DModel")
+def latte():
+    from diffusers import LatteTransformer3DModel
+
+    _seeded()
+    model = LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1, cross_attention_dim=16,
+        sample_size=16, patch_size=2, activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=16, video_length=2,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "enable_temporal_attentions": True,
+    }
+    return model, kwargs
+
+
+@builder("CosmosTransformer3DModel")
+def cosmos():
+    from diffusers import CosmosTransformer3DModel
+
+    _seeded()
+    model = CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, text_embed_dim=16,
+        adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0), concat_padding_mask=True,
+        extra_pos_embed_type="learnable",
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "padding_mask": torch.zeros(1, 1, 16, 16),
+    }
+    return model, kwargs
