@@ -580,3 +580,324 @@ def cosmos():
         "padding_mask": torch.zeros(1, 1, 16, 16),
     }
     return model, kwargs
+
+
+# --- ControlNets ---------------------------------------------------------------------------------
+
+
+@builder("MultiControlNetModel")
+def multi_controlnet():
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    model = MultiControlNetModel([tiny.controlnet(tiny.unet("sd1"))])
+    kwargs = _unet_kwargs()
+    kwargs.update(controlnet_cond=[_randn(1, 3, 32, 32, seed=104)], conditioning_scale=[1.0])
+    return model, kwargs
+
+
+@builder("ControlNetUnionModel")
+def controlnet_union():
+    from diffusers import ControlNetUnionModel
+
+    _seeded()
+    model = ControlNetUnionModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM,
+        attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), conditioning_embedding_out_channels=(8, 16),
+        num_control_type=2, num_trans_channel=32, num_trans_head=2, num_trans_layer=1, num_proj_channel=32,
+        addition_time_embed_dim=8,
+    )
+    kwargs = _unet_kwargs()
+    kwargs.update(controlnet_cond=[_randn(1, 3, 32, 32, seed=104)], control_type=torch.tensor([[1, 0]]), control_type_idx=[0])
+    return model, kwargs
+
+
+@builder("UNetControlNetXSModel")
+def controlnet_xs():
+    """Built from its own config: ``from_unet`` assumes two layers per block."""
+    from diffusers import UNetControlNetXSModel
+
+    _seeded()
+    model = UNetControlNetXSModel(
+        sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM, num_attention_heads=4,
+        ctrl_block_out_channels=(4, 8), ctrl_num_attention_heads=2, ctrl_max_norm_num_groups=4,
+        ctrl_conditioning_embedding_out_channels=(8, 16), ctrl_learn_time_embedding=True,
+    )
+    kwargs = _unet_kwargs()
+    kwargs["controlnet_cond"] = _randn(1, 3, 32, 32, seed=104)
+    return model, kwargs
+
+
+@builder("SparseControlNetModel")
+def sparse_controlnet():
+    from diffusers import SparseControlNetModel
+
+    _seeded()
+    model = SparseControlNetModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM,
+        attention_head_dim=8, down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        conditioning_embedding_out_channels=(8, 16), motion_max_seq_length=8, motion_num_attention_heads=2, conditioning_channels=3,
+        use_simplified_condition_embedding=False,
+    )
+    kwargs = _motion_kwargs()
+    kwargs.update(controlnet_cond=_randn(1, 3, 2, 32, 32, seed=104), conditioning_mask=torch.ones(1, 1, 2, 32, 32))
+    return model, kwargs
+
+
+def _flux_controlnet(num_mode: int | None = None):
+    from diffusers import FluxControlNetModel
+
+    _seeded()
+    return FluxControlNetModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=[4, 6, 6], num_mode=num_mode,
+    )
+
+
+def _flux_controlnet_kwargs() -> dict[str, Any]:
+    img_ids, txt_ids = flux_ids(8, 8)
+    return {
+        "hidden_states": _randn(1, 64, 16), "controlnet_cond": _randn(1, 64, 16, seed=104),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101), "pooled_projections": _randn(1, 12, seed=102),
+        "timestep": torch.tensor([0.5]), "img_ids": img_ids, "txt_ids": txt_ids,
+    }
+
+
+@builder("FluxControlNetModel")
+def flux_controlnet():
+    return _flux_controlnet(), _flux_controlnet_kwargs()
+
+
+@builder("FluxMultiControlNetModel")
+def flux_multi_controlnet():
+    from diffusers import FluxMultiControlNetModel
+
+    kwargs = _flux_controlnet_kwargs()
+    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], controlnet_mode=[torch.tensor([1])], conditioning_scale=[1.0])
+    return FluxMultiControlNetModel([_flux_controlnet(num_mode=2)]), kwargs  # one union net: the modes index it
+
+
+def _sd3_controlnet():
+    from diffusers import SD3ControlNetModel
+
+    _seeded()
+    return SD3ControlNetModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=24, caption_projection_dim=16, pooled_projection_dim=12, out_channels=4, pos_embed_max_size=32,
+    )
+
+
+def _sd3_controlnet_kwargs() -> dict[str, Any]:
+    return {
+        "hidden_states": _randn(1, 4, 16, 16), "controlnet_cond": _randn(1, 4, 16, 16, seed=104),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101), "pooled_projections": _randn(1, 12, seed=102), "timestep": _t(),
+    }
+
+
+@builder("SD3ControlNetModel")
+def sd3_controlnet():
+    return _sd3_controlnet(), _sd3_controlnet_kwargs()
+
+
+@builder("SD3MultiControlNetModel")
+def sd3_multi_controlnet():
+    from diffusers import SD3MultiControlNetModel
+
+    kwargs = _sd3_controlnet_kwargs()
+    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], conditioning_scale=[1.0])
+    return SD3MultiControlNetModel([_sd3_controlnet()]), kwargs
+
+
+@builder("SanaControlNetModel")
+def sana_controlnet():
+    from diffusers import SanaControlNetModel
+
+    _seeded()
+    model = SanaControlNetModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2, num_cross_attention_heads=2,
+        cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16, sample_size=16,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t(),
+        "controlnet_cond": _randn(1, 4, 16, 16, seed=104),
+    }
+    return model, kwargs
+
+
+def _hunyuan_controlnet():
+    from diffusers import HunyuanDiT2DControlNetModel
+
+    _seeded()
+    return HunyuanDiT2DControlNetModel(
+        conditioning_channels=3, num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=16,
+        hidden_size=16, transformer_num_layers=4, cross_attention_dim=24, cross_attention_dim_t5=32, pooled_projection_dim=12,
+        text_len=TEXT_LEN, text_len_t5=6, use_style_cond_and_image_meta_size=False,
+    )
+
+
+def _hunyuan_controlnet_kwargs() -> dict[str, Any]:
+    return {
+        "hidden_states": _randn(1, 4, 16, 16), "timestep": _t(), "controlnet_cond": _randn(1, 4, 16, 16, seed=104),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101), "text_embedding_mask": torch.ones(1, TEXT_LEN),
+        "encoder_hidden_states_t5": _randn(1, 6, 32, seed=102), "text_embedding_mask_t5": torch.ones(1, 6),
+        "image_rotary_emb": _hunyuan_rope(8, 8, 8),
+    }
+
+
+@builder("HunyuanDiT2DControlNetModel")
+def hunyuan_controlnet():
+    return _hunyuan_controlnet(), _hunyuan_controlnet_kwargs()
+
+
+@builder("HunyuanDiT2DMultiControlNetModel")
+def hunyuan_multi_controlnet():
+    from diffusers import HunyuanDiT2DMultiControlNetModel
+
+    kwargs = _hunyuan_controlnet_kwargs()
+    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], conditioning_scale=[1.0])
+    return HunyuanDiT2DMultiControlNetModel([_hunyuan_controlnet()]), kwargs
+
+
+def _qwen_controlnet():
+    from diffusers import QwenImageControlNetModel
+
+    _seeded()
+    return QwenImageControlNetModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, axes_dims_rope=(4, 6, 6),
+    )
+
+
+def _qwen_controlnet_kwargs() -> dict[str, Any]:
+    return {
+        "hidden_states": _randn(1, 64, 16), "controlnet_cond": _randn(1, 64, 16, seed=104),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "encoder_hidden_states_mask": torch.ones(1, TEXT_LEN, dtype=torch.long), "timestep": torch.tensor([0.5]),
+        "img_shapes": [[(1, 8, 8)]],
+    }
+
+
+@builder("QwenImageControlNetModel")
+def qwen_controlnet():
+    return _qwen_controlnet(), _qwen_controlnet_kwargs()
+
+
+@builder("QwenImageMultiControlNetModel")
+def qwen_multi_controlnet():
+    from diffusers import QwenImageMultiControlNetModel
+
+    kwargs = _qwen_controlnet_kwargs()
+    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], conditioning_scale=[1.0])
+    return QwenImageMultiControlNetModel([_qwen_controlnet()]), kwargs
+
+
+# --- generic transformers and other U-Nets -----------------------------------------------------------
+
+
+@builder("Transformer2DModel")
+def transformer_2d():
+    from diffusers import Transformer2DModel
+
+    _seeded()
+    model = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, num_layers=1, norm_num_groups=8, cross_attention_dim=16)
+    kwargs = {"hidden_states": _randn(1, 16, 8, 8), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101)}
+    return model, kwargs
+
+
+@builder("TransformerTemporalModel")
+def transformer_temporal():
+    from diffusers import TransformerTemporalModel
+
+    _seeded()
+    model = TransformerTemporalModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, num_layers=1, norm_num_groups=8)
+    return model, {"hidden_states": _randn(2, 16, 8, 8), "num_frames": 2}  # (B * F, C, H, W)
+
+
+@builder("UNet2DModel")
+def unet_2d():
+    from diffusers import UNet2DModel
+
+    _seeded()
+    model = UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+        attention_head_dim=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+    return model, {"sample": _randn(1, 3, 16, 16), "timestep": _t()}
+
+
+@builder("PriorTransformer")
+def prior():
+    from diffusers import PriorTransformer
+
+    _seeded()
+    model = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=16, num_embeddings=TEXT_LEN, additional_embeddings=4)
+    kwargs = {
+        "hidden_states": _randn(1, 16), "timestep": _t(), "proj_embedding": _randn(1, 16, seed=101),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=102),
+    }
+    return model, kwargs
+
+
+@builder("UVit2DModel")
+def uvit():
+    from diffusers import UVit2DModel
+
+    _seeded()
+    model = UVit2DModel(
+        hidden_size=32, cond_embed_dim=16, micro_cond_encode_dim=2, micro_cond_embed_dim=10, encoder_hidden_size=16,
+        vocab_size=64, codebook_size=32, in_channels=16, block_out_channels=16, num_res_blocks=1, block_num_heads=2,
+        num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, sample_size=8,
+    )
+    kwargs = {
+        "input_ids": torch.randint(0, 32, (1, 8, 8), generator=torch.Generator().manual_seed(0)),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "pooled_text_emb": _randn(1, 16, seed=102),
+        "micro_conds": _randn(1, 5, seed=103),
+    }
+    return model, kwargs
+
+
+@builder("Kandinsky3UNet")
+def kandinsky3():
+    from diffusers import Kandinsky3UNet
+
+    _seeded()
+    model = Kandinsky3UNet(
+        in_channels=4, time_embedding_dim=32, groups=8, attention_head_dim=8, layers_per_block=2, block_out_channels=(32, 32, 32, 32),
+        cross_attention_dim=32, encoder_hid_dim=16,
+    )
+    kwargs = {
+        "sample": _randn(1, 4, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN),
+    }
+    return model, kwargs  # (layers_per_block=1 does not build: the up path's channels then mismatch)
+
+
+@builder("StableCascadeUNet")
+def stable_cascade():
+    from diffusers import StableCascadeUNet
+
+    _seeded()
+    model = StableCascadeUNet(
+        in_channels=4, out_channels=4, timestep_ratio_embedding_dim=8, patch_size=1, conditioning_dim=16, block_out_channels=(16, 16),
+        num_attention_heads=(2, 2), down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1), clip_text_in_channels=16,
+        clip_text_pooled_in_channels=16, clip_image_in_channels=16, clip_seq=2, dropout=(0.0, 0.0),
+        block_types_per_layer=(("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"),) * 2,
+    )
+    kwargs = {
+        "sample": _randn(1, 4, 16, 16), "timestep_ratio": torch.tensor([0.5]), "clip_text_pooled": _randn(1, 1, 16, seed=101),
+        "clip_text": _randn(1, TEXT_LEN, 16, seed=102), "clip_img": _randn(1, 1, 16, seed=103),
+    }
+    return model, kwargs
+
+
+@builder("ZImageTransformer2DModel")
+def z_image():
+    from diffusers import ZImageTransformer2DModel
+
+    _seeded()
+    model = ZImageTransformer2DModel(
+        in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
+        axes_lens=[64, 32, 32],
+    )
+    kwargs = {"x": [_randn(4, 1, 16, 16)], "t": torch.tensor([0.5]), "cap_feats": [_randn(TEXT_LEN, 16, seed=101)]}
+    return model, kwargs
