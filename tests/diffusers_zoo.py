@@ -901,3 +901,194 @@ def z_image():
     )
     kwargs = {"x": [_randn(4, 1, 16, 16)], "t": torch.tensor([0.5]), "cap_feats": [_randn(TEXT_LEN, 16, seed=101)]}
     return model, kwargs
+
+
+# --- more image / video transformers ---------------------------------------------------------------
+
+
+def _flux_like_kwargs(text_dim: int = 24, pooled: int | None = 12) -> dict[str, Any]:
+    img_ids, txt_ids = flux_ids(8, 8)
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, text_dim, seed=101),
+        "timestep": torch.tensor([0.5]), "img_ids": img_ids, "txt_ids": txt_ids,
+    }
+    if pooled is not None:
+        kwargs["pooled_projections"] = _randn(1, pooled, seed=102)
+    return kwargs
+
+
+@builder("BriaTransformer2DModel")
+def bria():
+    from diffusers import BriaTransformer2DModel
+
+    _seeded()
+    model = BriaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, axes_dims_rope=[4, 6, 6],
+    )
+    return model, _flux_like_kwargs(pooled=None)
+
+
+@builder("LongCatImageTransformer2DModel")
+def longcat_image():
+    from diffusers import LongCatImageTransformer2DModel
+
+    _seeded()
+    model = LongCatImageTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, pooled_projection_dim=24, axes_dims_rope=[4, 6, 6],
+    )
+    return model, _flux_like_kwargs(pooled=None)
+
+
+@builder("OvisImageTransformer2DModel")
+def ovis_image():
+    from diffusers import OvisImageTransformer2DModel
+
+    _seeded()
+    model = OvisImageTransformer2DModel(
+        patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=24, axes_dims_rope=(4, 6, 6),
+    )
+    return model, _flux_like_kwargs(pooled=None)
+
+
+def _cogview_kwargs() -> dict[str, Any]:
+    return {
+        "hidden_states": _randn(1, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t(),
+        "original_size": torch.tensor([[32.0, 32.0]]), "target_size": torch.tensor([[32.0, 32.0]]),
+        "crop_coords": torch.tensor([[0.0, 0.0]]),
+    }
+
+
+@builder("CogView3PlusTransformer2DModel")
+def cogview3():
+    from diffusers import CogView3PlusTransformer2DModel
+
+    _seeded()
+    model = CogView3PlusTransformer2DModel(
+        patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2, out_channels=4, text_embed_dim=16,
+        time_embed_dim=8, condition_dim=2, pos_embed_max_size=16, sample_size=16,
+    )
+    return model, _cogview_kwargs()
+
+
+@builder("CogView4Transformer2DModel")
+def cogview4():
+    from diffusers import CogView4Transformer2DModel
+
+    _seeded()
+    model = CogView4Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2, text_embed_dim=16,
+        time_embed_dim=8, condition_dim=2, pos_embed_max_size=16, sample_size=16, rope_axes_dim=(4, 4),
+    )
+    return model, _cogview_kwargs()
+
+
+@builder("HunyuanVideoTransformer3DModel")
+def hunyuan_video():
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    _seeded()
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16, pooled_projection_dim=12, rope_axes_dim=(2, 4, 4),
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN), "pooled_projections": _randn(1, 12, seed=102),
+        "guidance": torch.tensor([3500.0]),
+    }
+    return model, kwargs
+
+
+@builder("HunyuanImageTransformer2DModel")
+def hunyuan_image():
+    from diffusers import HunyuanImageTransformer2DModel
+
+    _seeded()
+    model = HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=(2, 2), text_embed_dim=16, rope_axes_dim=(4, 4),
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN),
+    }
+    return model, kwargs
+
+
+def _wan_like(cls_name: str, **extra: Any):
+    import diffusers
+
+    _seeded()
+    return getattr(diffusers, cls_name)(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
+        freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32, **extra,
+    )
+
+
+def _wan_kwargs() -> dict[str, Any]:
+    return {"hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101)}
+
+
+@builder("SkyReelsV2Transformer3DModel")
+def skyreels_v2():
+    return _wan_like("SkyReelsV2Transformer3DModel"), _wan_kwargs()
+
+
+@builder("ChronoEditTransformer3DModel")
+def chronoedit():
+    return _wan_like("ChronoEditTransformer3DModel"), _wan_kwargs()
+
+
+@builder("WanVACETransformer3DModel")
+def wan_vace():
+    model = _wan_like("WanVACETransformer3DModel", vace_layers=[0], vace_in_channels=8)
+    kwargs = _wan_kwargs()
+    kwargs["control_hidden_states"] = _randn(1, 8, 2, 16, 16, seed=104)
+    return model, kwargs
+
+
+@builder("EasyAnimateTransformer3DModel")
+def easyanimate():
+    from diffusers import EasyAnimateTransformer3DModel
+
+    _seeded()
+    model = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, patch_size=2, sample_width=16,
+        sample_height=16, num_layers=2, mmdit_layers=2, time_embed_dim=8, text_embed_dim=16,
+    )
+    kwargs = {"hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101)}
+    return model, kwargs
+
+
+@builder("SanaVideoTransformer3DModel")
+def sana_video():
+    from diffusers import SanaVideoTransformer3DModel
+
+    _seeded()
+    model = SanaVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, num_cross_attention_heads=2,
+        cross_attention_head_dim=12, cross_attention_dim=24, caption_channels=16, sample_size=16, rope_max_seq_len=32,
+    )
+    kwargs = {"hidden_states": _randn(1, 4, 2, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t()}
+    return model, kwargs
+
+
+@builder("QwenImage21Transformer2DModel")
+def qwen_image21():
+    from diffusers import QwenImage21Transformer2DModel
+
+    _seeded()
+    model = QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        context_in_dim=24, axes_dims_rope=(4, 6, 6),
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101), "timestep": torch.tensor([0.5]),
+        "img_shapes": [[(1, 8, 8)]],
+        # the joint sequence: the prompt, then one slot per 2x2 latent tokens of the target image
+        "img_mask": torch.cat([torch.zeros(1, TEXT_LEN, dtype=torch.bool), torch.ones(1, 64 // 4, dtype=torch.bool)], dim=1),
+    }
+    return model, kwargs
