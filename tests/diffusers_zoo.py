@@ -1092,3 +1092,223 @@ def qwen_image21():
         "img_mask": torch.cat([torch.zeros(1, TEXT_LEN, dtype=torch.bool), torch.ones(1, 64 // 4, dtype=torch.bool)], dim=1),
     }
     return model, kwargs
+
+
+# --- tiny offline pipelines ---------------------------------------------------------------------------
+#
+# PIPELINES[name](folder) -> (pipeline, call kwargs): every component built offline from a config (text
+# encoders and tokenizers too; a tokenizer that needs files is written under ``folder``), the call kwargs
+# give 2 steps at a tiny size. Scheduler classes are the ones each pipeline ships with.
+
+T5_DIM = 24  # width of the tiny T5 / UMT5 / Gemma text encoders
+
+
+def t5_tokenizer():
+    """A T5 (Unigram) tokenizer over single characters, built in memory: no files, no download."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    return T5Tokenizer(vocab=specials + [(c, -3.0) for c in string.ascii_letters + string.digits + ",.!?'-"], extra_ids=0)
+
+
+def gemma_tokenizer():
+    """A Gemma (BPE) tokenizer over single characters, no merges, built in memory."""
+    import string
+
+    from transformers import GemmaTokenizer
+
+    symbols = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "\u2581"] + list(string.ascii_letters + string.digits + ",.!?'-:<>_")
+    return GemmaTokenizer(vocab={s: i for i, s in enumerate(symbols)}, merges=[])
+
+
+def t5_encoder(vocab_size: int, umt5: bool = False, seed: int = 3, width: int = T5_DIM):
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    _seeded(seed)
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_class(vocab_size=vocab_size, d_model=width, d_ff=32, d_kv=8, num_layers=1, num_heads=2, relative_attention_num_buckets=8)
+    return model_class(config).eval()
+
+
+def gemma_encoder(vocab_size: int, seed: int = 3):
+    from transformers import Gemma2Config, Gemma2Model
+
+    _seeded(seed)
+    config = Gemma2Config(
+        vocab_size=vocab_size, hidden_size=T5_DIM, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=12, pad_token_id=0,
+    )
+    return Gemma2Model(config).eval()
+
+
+def _vae(latent_channels: int, shift: float | None = None):
+    from diffusers import AutoencoderKL
+
+    _seeded()
+    return AutoencoderKL(
+        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=latent_channels, norm_num_groups=8, sample_size=32, shift_factor=shift,
+    ).eval()
+
+
+def _flow_scheduler(**config: Any):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**config)
+
+
+PROMPT = "a red circle"
+
+
+def flux_pipeline(folder):
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    tokenizer_2 = t5_tokenizer()
+    _seeded()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=T5_DIM, pooled_projection_dim=tiny.TEXT_DIM, axes_dims_rope=(4, 6, 6),
+    )
+    pipe = FluxPipeline(
+        scheduler=_flow_scheduler(), vae=_vae(4, shift=0.0), text_encoder=tiny.text_encoder(), tokenizer=tiny.tokenizer(folder),
+        text_encoder_2=t5_encoder(len(tokenizer_2)), tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+    return pipe, {"prompt": PROMPT, "height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": 16, "guidance_scale": 3.5}
+
+
+def sd3_pipeline(folder):
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer_3 = t5_tokenizer()
+    sd3_text_dim = 2 * tiny.TEXT_DIM  # the pipeline pads the two CLIP embeddings (concatenated) to the T5 width
+    _seeded()
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=sd3_text_dim, caption_projection_dim=16,
+        pooled_projection_dim=2 * tiny.TEXT_DIM, out_channels=4, pos_embed_max_size=32,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=_flow_scheduler(shift=3.0), vae=_vae(4, shift=0.0),
+        text_encoder=tiny.text_encoder(projection=True), tokenizer=tiny.tokenizer(folder),
+        text_encoder_2=tiny.text_encoder(projection=True, seed=1), tokenizer_2=tiny.tokenizer(folder / "2"),
+        text_encoder_3=t5_encoder(len(tokenizer_3), width=sd3_text_dim), tokenizer_3=tokenizer_3,
+    )
+    return pipe, {"prompt": PROMPT, "height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": 16}
+
+
+def pixart_sigma_pipeline(folder):
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    tokenizer = t5_tokenizer()
+    _seeded()
+    transformer = PixArtTransformer2DModel(
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=T5_DIM,
+        in_channels=4, cross_attention_dim=16, out_channels=8, norm_num_groups=8,
+    )
+    pipe = PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=t5_encoder(len(tokenizer)), vae=_vae(4), transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+    call = {"prompt": PROMPT, "height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": 16, "use_resolution_binning": False,
+            "clean_caption": False}  # (clean_caption needs beautifulsoup4 and ftfy)
+    return pipe, call
+
+
+def sana_pipeline(folder):
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    tokenizer = gemma_tokenizer()
+    _seeded()
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1), upsample_block_type="interpolate", downsample_block_type="stride_conv",
+        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
+    ).eval()
+    _seeded()
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=8,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=T5_DIM, sample_size=16,
+    )
+    pipe = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=gemma_encoder(len(tokenizer)), vae=vae, transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+    call = {
+        "prompt": PROMPT, "height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": 16,
+        "use_resolution_binning": False, "complex_human_instruction": None, "clean_caption": False,
+    }
+    return pipe, call
+
+
+def animatediff_pipeline(folder):
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline(
+        vae=tiny.vae(), text_encoder=tiny.text_encoder(), tokenizer=tiny.tokenizer(folder), unet=tiny.unet("sd1"),
+        motion_adapter=_motion_adapter(), scheduler=tiny.scheduler(), feature_extractor=None, image_encoder=None,
+    )
+    return pipe, {"prompt": PROMPT, "height": 32, "width": 32, "num_frames": 2, "num_inference_steps": 2, "output_type": "np"}
+
+
+def svd_pipeline(folder):
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet, _ = unet_svd()
+    _seeded()
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+        sample_size=32,  # (its group norms have 32 groups: no narrower)
+    ).eval()
+    _seeded()
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(image_size=224, patch_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, projection_dim=tiny.TEXT_DIM)
+    ).eval()
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+        interpolation_type="linear", use_karras_sigmas=True, sigma_min=0.002, sigma_max=700.0, timestep_spacing="leading",
+        timestep_type="continuous",
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet.eval(), scheduler=scheduler,
+        feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
+    )
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    call = {"image": image, "height": 32, "width": 32, "num_frames": 2, "num_inference_steps": 2, "decode_chunk_size": 2, "output_type": "np"}
+    return pipe, call
+
+
+def wan_pipeline(folder):
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    tokenizer = t5_tokenizer()
+    _seeded()
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    ).eval()
+    _seeded()
+    transformer = _wan(text_dim=T5_DIM)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=t5_encoder(len(tokenizer), umt5=True), vae=vae, transformer=transformer,
+        scheduler=_flow_scheduler(shift=3.0),
+    )
+    call = {"prompt": PROMPT, "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2, "max_sequence_length": 16, "output_type": "np"}
+    return pipe, call
+
+
+PIPELINES: dict[str, Callable[[Any], tuple[Any, dict[str, Any]]]] = {
+    "FluxPipeline": flux_pipeline,
+    "StableDiffusion3Pipeline": sd3_pipeline,
+    "PixArtSigmaPipeline": pixart_sigma_pipeline,
+    "SanaPipeline": sana_pipeline,
+    "AnimateDiffPipeline": animatediff_pipeline,
+    "StableVideoDiffusionPipeline": svd_pipeline,
+    "WanPipeline": wan_pipeline,
+}
