@@ -1312,3 +1312,129 @@ PIPELINES: dict[str, Callable[[Any], tuple[Any, dict[str, Any]]]] = {
     "StableVideoDiffusionPipeline": svd_pipeline,
     "WanPipeline": wan_pipeline,
 }
+
+
+# --- more builders (after the pipelines: the rest of the zoo) --------------------------------------
+
+
+@builder("DreamLiteTransformer2DModel")
+def dreamlite_transformer():
+    from diffusers import DreamLiteTransformer2DModel
+
+    _seeded()
+    model = DreamLiteTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, num_layers=1, norm_num_groups=8, cross_attention_dim=16)
+    return model, {"hidden_states": _randn(1, 16, 8, 8), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101)}
+
+
+@builder("DreamLiteUNetModel")
+def dreamlite_unet():
+    from diffusers import DreamLiteUNetModel
+
+    _seeded()
+    model = DreamLiteUNetModel(
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=tiny.TEXT_DIM,
+        attention_head_dim=8, down_block_types=("DreamLiteCrossAttnNoSelfAttnDownBlock2D", "DreamLiteCrossAttnDownBlock2D"),
+        up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnUpBlock2D"),
+    )
+    return model, _unet_kwargs()
+
+
+@builder("AudioLDM2UNet2DConditionModel")
+def audioldm2_unet():
+    from diffusers import AudioLDM2UNet2DConditionModel
+
+    _seeded()
+    model = AudioLDM2UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=[tiny.TEXT_DIM, tiny.TEXT_DIM],
+        attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    kwargs = _unet_kwargs()  # two cross-attentions per block: encoder_hidden_states and _1 (T5 / GPT-2 in AudioLDM2)
+    kwargs["encoder_hidden_states_1"] = _randn(1, 6, tiny.TEXT_DIM, seed=102)
+    return model, kwargs
+
+
+@builder("BriaFiboTransformer2DModel")
+def bria_fibo():
+    from diffusers import BriaFiboTransformer2DModel
+
+    _seeded()
+    model = BriaFiboTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, axes_dims_rope=[4, 6, 6], text_encoder_dim=24,
+    )
+    kwargs = _flux_like_kwargs(pooled=None)
+    kwargs["text_encoder_layers"] = [_randn(1, TEXT_LEN, 24, seed=103 + i) for i in range(2)]
+    return model, kwargs
+
+
+@builder("PRXTransformer2DModel")
+def prx():
+    from diffusers import PRXTransformer2DModel
+
+    _seeded()
+    model = PRXTransformer2DModel(in_channels=4, patch_size=2, context_in_dim=16, hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=2, axes_dim=[8, 8])
+    kwargs = {"hidden_states": _randn(1, 4, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101)}
+    return model, kwargs
+
+
+@builder("MotifVideoTransformer3DModel")
+def motif_video():
+    from diffusers import MotifVideoTransformer3DModel
+
+    _seeded()
+    model = MotifVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1,
+        patch_size=2, text_embed_dim=16, rope_axes_dim=(2, 4, 4),
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 2, 16, 16), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "encoder_attention_mask": torch.ones(1, TEXT_LEN),
+    }
+    return model, kwargs
+
+
+@builder("ErnieImageTransformer2DModel")
+def ernie_image():
+    from diffusers import ErnieImageTransformer2DModel
+
+    _seeded()
+    model = ErnieImageTransformer2DModel(
+        hidden_size=32, num_attention_heads=2, num_layers=2, ffn_hidden_size=32, in_channels=4, out_channels=4, patch_size=1,
+        text_in_dim=16, rope_axes_dim=(4, 6, 6),
+    )
+    kwargs = {"hidden_states": _randn(1, 4, 8, 8), "timestep": _t(), "text_bth": _randn(1, TEXT_LEN, 16, seed=101), "text_lens": torch.tensor([TEXT_LEN])}
+    return model, kwargs
+
+
+@builder("NucleusMoEImageTransformer2DModel")
+def nucleus_moe():
+    from diffusers import NucleusMoEImageTransformer2DModel
+
+    _seeded()
+    model = NucleusMoEImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, axes_dims_rope=(4, 6, 6), num_experts=2, moe_intermediate_dim=16, moe_enabled=False,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "img_shapes": [(1, 8, 8)], "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "encoder_hidden_states_mask": torch.ones(1, TEXT_LEN, dtype=torch.long), "timestep": torch.tensor([0.5]),
+    }
+    return model, kwargs
+
+
+@builder("Flux3Transformer2DModel")
+def flux3():
+    from diffusers import Flux3Transformer2DModel
+
+    _seeded()
+    model = Flux3Transformer2DModel(
+        in_channels=16, cond_in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=24, timestep_channels=32, axes_dims_rope=(4, 4, 4, 4),
+    )
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(8.0), torch.arange(8.0), torch.zeros(1), indexing="ij"), -1)
+    txt_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.arange(float(TEXT_LEN)), indexing="ij"), -1)
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 24, seed=101),
+        "timestep": torch.tensor([0.5]), "img_ids": img_ids.reshape(-1, 4), "txt_ids": txt_ids.reshape(-1, 4),
+    }
+    return model, kwargs
