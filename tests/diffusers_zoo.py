@@ -591,7 +591,8 @@ def multi_controlnet():
 
     model = MultiControlNetModel([tiny.controlnet(tiny.unet("sd1"))])
     kwargs = _unet_kwargs()
-    kwargs.update(controlnet_cond=[_randn(1, 3, 32, 32, seed=104)], conditioning_scale=[1.0])
+    # return_dict=False as the pipelines pass it: the wrapper unpacks each net's output as a tuple
+    kwargs.update(controlnet_cond=[_randn(1, 3, 32, 32, seed=104)], conditioning_scale=[1.0], return_dict=False)
     return model, kwargs
 
 
@@ -673,7 +674,10 @@ def flux_multi_controlnet():
     from diffusers import FluxMultiControlNetModel
 
     kwargs = _flux_controlnet_kwargs()
-    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], controlnet_mode=[torch.tensor([1])], conditioning_scale=[1.0])
+    kwargs.update(
+        controlnet_cond=[kwargs["controlnet_cond"]], controlnet_mode=[torch.tensor([1])], conditioning_scale=[1.0],
+        return_dict=False,  # as FluxControlNetPipeline passes it: the wrapper unpacks each net's output as a tuple
+    )
     return FluxMultiControlNetModel([_flux_controlnet(num_mode=2)]), kwargs  # one union net: the modes index it
 
 
@@ -1438,3 +1442,93 @@ def flux3():
         "timestep": torch.tensor([0.5]), "img_ids": img_ids.reshape(-1, 4), "txt_ids": txt_ids.reshape(-1, 4),
     }
     return model, kwargs
+
+
+# --- what is not built, and why -----------------------------------------------------------------------
+
+_LATER = "image/video denoiser not built yet: "
+
+NOT_BUILT: dict[str, str] = {
+    # in scope for token merging (an image or video denoiser with attention), no tiny builder yet
+    "AnyFlowTransformer3DModel": _LATER + "AnyFlow (Wan-based flow-map video model) needs its flow-map timestep pair",
+    "AnyFlowFARTransformer3DModel": _LATER + "AnyFlow-FAR needs frame-autoregressive context inputs",
+    "BriaFibo2Transformer2DModel": _LATER + "perceiver gist tokens with minimum text lengths (>= 256 tokens)",
+    "ConsisIDTransformer3DModel": _LATER + "face-identity inputs (id_cond, id_vit_hidden) of a fixed encoder layout",
+    "Cosmos3OmniTransformer": _LATER + "Cosmos 3 omni (audio + video) model with many modality inputs",
+    "CosmosControlNetModel": _LATER + "Cosmos-Transfer control branch: needs the Cosmos base model's block samples",
+    "GlmImageTransformer2DModel": _LATER + "needs prior VQ token ids from the GLM autoregressive stage",
+    "HeliosTransformer3DModel": _LATER + "Helios long-video model with history-latent inputs",
+    "HunyuanVideo15Transformer3DModel": _LATER + "I2V inputs: image embeddings and a 65-channel conditioned latent",
+    "HunyuanVideoFramepackTransformer3DModel": _LATER + "FramePack history latents and their index tensors",
+    "Ideogram4Transformer2DModel": _LATER + "needs packed LLM features with segment ids and M-RoPE position ids",
+    "JoyImageEditTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
+    "JoyImageEditPlusTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
+    "Kandinsky5Transformer3DModel": _LATER + "needs explicit visual/text RoPE position tensors",
+    "Kandinsky6Transformer3DModel": _LATER + "Kandinsky 6 video model (explicit RoPE positions)",
+    "Kandinsky6SRTransformer3DModel": _LATER + "Kandinsky 6 super-resolution stage",
+    "Krea2Transformer2DModel": _LATER + "needs explicit 3-axis position ids over text and image",
+    "LTX2VideoTransformer3DModel": _LATER + "joint audio + video model (two streams with their own coordinates)",
+    "MiniMaxH3Transformer3DModel": _LATER + "MiniMax H3 audio-video model",
+    "OmniGenTransformer2DModel": _LATER + "needs LLM input ids, input image latents and their sizes, a custom mask",
+    "SanaWMTransformer3DModel": _LATER + "Sana world model (camera / action conditioning)",
+    "SanaWMLTX2RefinerTransformer3DModel": _LATER + "Sana world-model refiner on LTX-2 latents",
+    "UniDiffuserModel": _LATER + "joint image/text UViT (deprecated pipeline)",
+    "WanAnimateTransformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
+    "WanAnimate2Transformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
+    "ZImageControlNetModel": _LATER + "control context for chosen Z-Image layers (needs the base model's refiner outputs)",
+    "LTX2VideoDiffusionDecoderModel": _LATER + "LTX-2 diffusion decoder (a VAE-side denoiser)",
+}
+
+_VAE = "autoencoder: attention only in its encoder/decoder mid blocks; token merging serves the denoiser"
+_AUDIO = "audio model: a 1-D token sequence, no image or video grid"
+_PART = "a component, not a denoiser: "
+
+OUT_OF_SCOPE: dict[str, str] = {
+    **{name: _VAE for name in (
+        "AsymmetricAutoencoderKL", "AutoencoderDC", "AutoencoderKL", "AutoencoderKLAllegro", "AutoencoderKLCogVideoX",
+        "AutoencoderKLCosmos", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage", "AutoencoderKLHunyuanImageRefiner",
+        "AutoencoderKLHunyuanVideo", "AutoencoderKLHunyuanVideo15", "AutoencoderKLKVAE", "AutoencoderKLKVAEVideo",
+        "AutoencoderKLLTX2Video", "AutoencoderKLLTXVideo", "AutoencoderKLMagvit", "AutoencoderKLMiniMaxH3", "AutoencoderKLMochi",
+        "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21", "AutoencoderKLTemporalDecoder", "AutoencoderKLWan",
+        "AutoencoderRAE", "AutoencoderSAME", "AutoencoderTiny", "AutoencoderVidTok", "ConsistencyDecoderVAE",
+        "Kandinsky6SRVAE", "VQModel", "RFD4ProteinaAutoencoder",
+    )},
+    **{name: _AUDIO for name in (
+        "AceStepTransformer1DModel", "AceStepAudioTokenDetokenizer", "AceStepAudioTokenizer", "AceStepConditionEncoder",
+        "AutoencoderKLKVAEAudio", "AutoencoderKLLTX2Audio", "AutoencoderKLMiniMaxH3Audio", "AutoencoderOobleck",
+        "Cosmos3AVAEAudioTokenizer", "LongCatAudioDiTTransformer", "LongCatAudioDiTVae", "MMAudioVAE", "MMAudioVocoder",
+        "MiniMaxMusic3ConditionEncoder", "MiniMaxMusic3RVQDepthDecoder", "MiniMaxMusic3Transformer1DModel",
+        "MiniMaxMusic3Vocoder", "StableAudio3DiTModel", "StableAudio3DurationEmbedder", "StableAudioDiTModel",
+        "StableAudioProjectionModel", "T5FilmDecoder", "UNet1DModel", "AudioLDM2ProjectionModel",
+    )},
+    "RFD4ProteinaTransformer": "protein-structure model: residues, not an image grid",
+    "AnimaTextConditioner": _PART + "a text-conditioning encoder",
+    "UniDiffuserTextDecoder": _PART + "a GPT-2 text decoder",
+    "CLIPImageProjection": _PART + "a linear projection of CLIP image embeddings (no attention)",
+    "ReduxImageEncoder": _PART + "Flux Redux's image-embedding MLP (no attention)",
+    "Ideogram4PromptEnhancerHead": _PART + "a prompt-enhancer head",
+    "Kandinsky6SRLatentUpscalerBank": _PART + "a latent upscaler bank (no attention)",
+    "T2IAdapter": _PART + "a convolutional adapter (no attention)",
+    "MultiAdapter": _PART + "a list of T2I adapters (no attention)",
+    "MotionAdapter": _PART + "weights only (its forward does nothing); served inside UNetMotionModel (zoo: UNetMotionModel)",
+    "ControlNetXSAdapter": _PART + "runs only inside UNetControlNetXSModel (zoo: UNetControlNetXSModel)",
+}
+
+
+def model_mixin_classes() -> dict[str, type]:
+    """Every ``ModelMixin`` subclass that ``diffusers`` exports at top level, by name."""
+    import diffusers
+    from diffusers.models.modeling_utils import ModelMixin
+
+    found = {}
+    for name in dir(diffusers):
+        obj = getattr(diffusers, name)
+        if inspect.isclass(obj) and issubclass(obj, ModelMixin) and obj is not ModelMixin:
+            found[name] = obj
+    return found
+
+
+def attention_modules(model: nn.Module) -> list[str]:
+    """Names of the attention modules in ``model``: any module whose class name contains "Attention" or that
+    carries an attention processor."""
+    return [name for name, m in model.named_modules() if "Attention" in type(m).__name__ or hasattr(m, "processor")]
