@@ -1453,27 +1453,20 @@ NOT_BUILT: dict[str, str] = {
     "AnyFlowTransformer3DModel": _LATER + "AnyFlow (Wan-based flow-map video model) needs its flow-map timestep pair",
     "AnyFlowFARTransformer3DModel": _LATER + "AnyFlow-FAR needs frame-autoregressive context inputs",
     "BriaFibo2Transformer2DModel": _LATER + "perceiver gist tokens with minimum text lengths (>= 256 tokens)",
-    "ConsisIDTransformer3DModel": _LATER + "face-identity inputs (id_cond, id_vit_hidden) of a fixed encoder layout",
     "Cosmos3OmniTransformer": _LATER + "Cosmos 3 omni (audio + video) model with many modality inputs",
     "CosmosControlNetModel": _LATER + "Cosmos-Transfer control branch: needs the Cosmos base model's block samples",
     "GlmImageTransformer2DModel": _LATER + "needs prior VQ token ids from the GLM autoregressive stage",
     "HeliosTransformer3DModel": _LATER + "Helios long-video model with history-latent inputs",
-    "HunyuanVideo15Transformer3DModel": _LATER + "I2V inputs: image embeddings and a 65-channel conditioned latent",
-    "HunyuanVideoFramepackTransformer3DModel": _LATER + "FramePack history latents and their index tensors",
     "Ideogram4Transformer2DModel": _LATER + "needs packed LLM features with segment ids and M-RoPE position ids",
     "JoyImageEditTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
     "JoyImageEditPlusTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
-    "Kandinsky5Transformer3DModel": _LATER + "needs explicit visual/text RoPE position tensors",
     "Kandinsky6Transformer3DModel": _LATER + "Kandinsky 6 video model (explicit RoPE positions)",
     "Kandinsky6SRTransformer3DModel": _LATER + "Kandinsky 6 super-resolution stage",
-    "Krea2Transformer2DModel": _LATER + "needs explicit 3-axis position ids over text and image",
     "LTX2VideoTransformer3DModel": _LATER + "joint audio + video model (two streams with their own coordinates)",
     "MiniMaxH3Transformer3DModel": _LATER + "MiniMax H3 audio-video model",
-    "OmniGenTransformer2DModel": _LATER + "needs LLM input ids, input image latents and their sizes, a custom mask",
     "SanaWMTransformer3DModel": _LATER + "Sana world model (camera / action conditioning)",
     "SanaWMLTX2RefinerTransformer3DModel": _LATER + "Sana world-model refiner on LTX-2 latents",
     "UniDiffuserModel": _LATER + "joint image/text UViT (deprecated pipeline)",
-    "WanAnimateTransformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
     "WanAnimate2Transformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
     "ZImageControlNetModel": _LATER + "control context for chosen Z-Image layers (needs the base model's refiner outputs)",
     "LTX2VideoDiffusionDecoderModel": _LATER + "LTX-2 diffusion decoder (a VAE-side denoiser)",
@@ -1532,3 +1525,139 @@ def attention_modules(model: nn.Module) -> list[str]:
     """Names of the attention modules in ``model``: any module whose class name contains "Attention" or that
     carries an attention processor."""
     return [name for name, m in model.named_modules() if "Attention" in type(m).__name__ or hasattr(m, "processor")]
+
+
+@builder("Kandinsky5Transformer3DModel")
+def kandinsky5():
+    """Channels-last video latents (B, F, H, W, C) and explicit RoPE positions, as Kandinsky5T2VPipeline passes."""
+    from diffusers import Kandinsky5Transformer3DModel
+
+    _seeded()
+    model = Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=16, in_text_dim2=12, time_dim=16, out_visual_dim=4, patch_size=(1, 2, 2), model_dim=32,
+        ff_dim=32, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6),
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 2, 16, 16, 4), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t(),
+        "pooled_projections": _randn(1, 12, seed=102), "visual_rope_pos": [torch.arange(2), torch.arange(8), torch.arange(8)],
+        "text_rope_pos": torch.arange(TEXT_LEN),
+    }
+    return model, kwargs
+
+
+@builder("Krea2Transformer2DModel")
+def krea2():
+    """Packed 2x2 latents, per-layer text features (B, T, layers, C) and (0, y, x) position ids after the text."""
+    from diffusers import Krea2Transformer2DModel
+
+    _seeded()
+    model = Krea2Transformer2DModel(
+        in_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2, num_key_value_heads=1, intermediate_size=32,
+        timestep_embed_dim=16, text_hidden_dim=16, num_text_layers=2, text_num_attention_heads=2, text_num_key_value_heads=2,
+        text_intermediate_size=32, num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6),
+    )
+    img_ids, txt_ids = flux_ids(8, 8)
+    kwargs = {
+        "hidden_states": _randn(1, 64, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 2, 16, seed=101),
+        "timestep": torch.tensor([0.5]), "position_ids": torch.cat([txt_ids, img_ids]),
+    }
+    return model, kwargs
+
+
+@builder("ConsisIDTransformer3DModel")
+def consisid():
+    """Without the face branch (is_train_face=False): the CogVideoX-style backbone."""
+    from diffusers import ConsisIDTransformer3DModel
+
+    _seeded()
+    model = ConsisIDTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=16,
+        num_layers=2, sample_width=16, sample_height=16, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=TEXT_LEN,
+    )
+    kwargs = {"hidden_states": _randn(1, 2, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t().long()}
+    return model, kwargs
+
+
+@builder("HunyuanVideo15Transformer3DModel")
+def hunyuan_video15():
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    _seeded()
+    model = HunyuanVideo15Transformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2, num_refiner_layers=1,
+        mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=12,
+        rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v",
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 1, 8, 8), "timestep": torch.tensor([1.0]), "encoder_hidden_states": _randn(1, 6, 16, seed=101),
+        "encoder_hidden_states_2": _randn(1, 4, 8, seed=102), "encoder_attention_mask": torch.ones(1, 6),
+        "encoder_attention_mask_2": torch.ones(1, 4), "image_embeds": torch.zeros(1, 3, 12),
+    }
+    return model, kwargs
+
+
+@builder("HunyuanVideoFramepackTransformer3DModel")
+def hunyuan_framepack():
+    """FramePack: the clip to denoise plus clean / 2x / 4x history latents with their frame indices."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    _seeded()
+    model = HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4), has_image_proj=True, image_proj_dim=16, has_clean_x_embedder=True,
+    )
+    frames, size = 3, 4
+    kwargs = {
+        "hidden_states": _randn(1, 4, frames, size, size), "timestep": _t(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "pooled_projections": _randn(1, 8, seed=102), "encoder_attention_mask": torch.ones(1, TEXT_LEN), "guidance": _t(),
+        "image_embeds": _randn(1, TEXT_LEN, 16, seed=103), "indices_latents": torch.ones(frames),
+        "latents_clean": _randn(1, 4, frames - 1, size, size, seed=104), "indices_latents_clean": torch.ones(frames - 1),
+        "latents_history_2x": _randn(1, 4, frames - 1, size, size, seed=105), "indices_latents_history_2x": torch.ones(frames - 1),
+        "latents_history_4x": _randn(1, 4, (frames - 1) * 4, size, size, seed=106),
+        "indices_latents_history_4x": torch.ones((frames - 1) * 4),
+    }
+    return model, kwargs
+
+
+@builder("OmniGenTransformer2DModel")
+def omnigen():
+    """OmniGen: an LLM over prompt token ids with the noisy latent appended (and optional input images)."""
+    from diffusers import OmniGenTransformer2DModel
+
+    _seeded()
+    model = OmniGenTransformer2DModel(
+        hidden_size=16, num_attention_heads=4, num_key_value_heads=4, intermediate_size=32, num_layers=2, pad_token_id=0,
+        vocab_size=64, in_channels=4, time_step_dim=4, rope_scaling={"long_factor": [1, 2], "short_factor": [1, 2]},
+    )
+    text, latent_tokens = 24, 8 * 8 // 4  # the input image latent fills prompt positions [0, 16)
+    length = text + 1 + latent_tokens  # prompt, time token, latent patches
+    kwargs = {
+        "hidden_states": _randn(1, 4, 8, 8), "timestep": torch.tensor([0.5]),
+        "input_ids": torch.randint(0, 10, (1, text), generator=torch.Generator().manual_seed(0)),
+        "input_img_latents": [_randn(1, 4, 8, 8, seed=101)], "input_image_sizes": {0: [[0, latent_tokens]]},
+        "attention_mask": torch.ones(1, length, length), "position_ids": torch.arange(length).unsqueeze(0),
+    }
+    return model, kwargs
+
+
+@builder("WanAnimateTransformer3DModel")
+def wan_animate():
+    """Wan-Animate: noisy + reference latents and a mask (2C + 4 channels), pose latents, face pixels."""
+    from diffusers import WanAnimateTransformer3DModel
+
+    _seeded()
+    model = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=12, latent_channels=4, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, image_dim=16, rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16}, motion_encoder_size=16, motion_style_dim=8, motion_dim=4,
+        motion_encoder_dim=16, face_encoder_hidden_dim=16, face_encoder_num_heads=2, inject_face_latents_blocks=2,
+    )
+    frames = 4  # (frames + 1) latent frames: one reference frame, then the clip
+    kwargs = {
+        "hidden_states": _randn(1, 12, frames + 1, 16, 16), "timestep": _t().long(),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "encoder_hidden_states_image": _randn(1, 4, 16, seed=102),
+        "pose_hidden_states": _randn(1, 4, frames, 16, 16, seed=103), "face_pixel_values": _randn(1, 3, 4 * frames - 3, 16, 16, seed=104),
+    }
+    return model, kwargs
