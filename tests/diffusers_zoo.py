@@ -1450,14 +1450,10 @@ _LATER = "image/video denoiser not built yet: "
 
 NOT_BUILT: dict[str, str] = {
     # in scope for token merging (an image or video denoiser with attention), no tiny builder yet
-    "AnyFlowTransformer3DModel": _LATER + "AnyFlow (Wan-based flow-map video model) needs its flow-map timestep pair",
     "AnyFlowFARTransformer3DModel": _LATER + "AnyFlow-FAR needs frame-autoregressive context inputs",
     "BriaFibo2Transformer2DModel": _LATER + "perceiver gist tokens with minimum text lengths (>= 256 tokens)",
     "Cosmos3OmniTransformer": _LATER + "Cosmos 3 omni (audio + video) model with many modality inputs",
     "CosmosControlNetModel": _LATER + "Cosmos-Transfer control branch: needs the Cosmos base model's block samples",
-    "GlmImageTransformer2DModel": _LATER + "needs prior VQ token ids from the GLM autoregressive stage",
-    "HeliosTransformer3DModel": _LATER + "Helios long-video model with history-latent inputs",
-    "Ideogram4Transformer2DModel": _LATER + "needs packed LLM features with segment ids and M-RoPE position ids",
     "JoyImageEditTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
     "JoyImageEditPlusTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
     "Kandinsky6Transformer3DModel": _LATER + "Kandinsky 6 video model (explicit RoPE positions)",
@@ -1659,5 +1655,94 @@ def wan_animate():
         "hidden_states": _randn(1, 12, frames + 1, 16, 16), "timestep": _t().long(),
         "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "encoder_hidden_states_image": _randn(1, 4, 16, seed=102),
         "pose_hidden_states": _randn(1, 4, frames, 16, 16, seed=103), "face_pixel_values": _randn(1, 3, 4 * frames - 3, 16, 16, seed=104),
+    }
+    return model, kwargs
+
+
+@builder("AnyFlowTransformer3DModel")
+def anyflow():
+    """AnyFlow (a Wan-style flow-map model): latents (B, F, C, H, W), a timestep pair per frame."""
+    from diffusers import AnyFlowTransformer3DModel
+
+    _seeded()
+    model = AnyFlowTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
+        freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32, gate_value=0.25, deltatime_type="r",
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 2, 4, 16, 16), "timestep": torch.full((1, 2), 500.0), "r_timestep": torch.full((1, 2), 250.0),
+        "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+    }
+    return model, kwargs
+
+
+@builder("GlmImageTransformer2DModel")
+def glm_image():
+    from diffusers import GlmImageTransformer2DModel
+
+    _seeded()
+    model = GlmImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2, text_embed_dim=16,
+        time_embed_dim=16, condition_dim=8, prior_vq_quantizer_codebook_size=64,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "prior_token_id": torch.tensor([3]), "prior_token_drop": torch.zeros(1, dtype=torch.bool), "timestep": _t().long(),
+        "target_size": torch.tensor([[16.0, 16.0]]), "crop_coords": torch.tensor([[0.0, 0.0]]),
+    }
+    return model, kwargs
+
+
+@builder("HeliosTransformer3DModel")
+def helios():
+    """Helios: the clip plus short / mid / long history latents with their frame indices."""
+    from diffusers import HeliosTransformer3DModel
+
+    _seeded()
+    model = HeliosTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
+        freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_dim=(4, 4, 4),
+        has_multi_term_memory_patch=True, guidance_cross_attn=True, zero_history_timestep=True, is_amplify_history=False,
+    )
+    f = 2
+    kwargs = {
+        "hidden_states": _randn(1, 4, f, 16, 16), "timestep": _t().long(), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101),
+        "indices_hidden_states": torch.ones(1, f), "indices_latents_history_short": torch.ones(1, f - 1),
+        "indices_latents_history_mid": torch.ones(1, f - 1), "indices_latents_history_long": torch.ones(1, (f - 1) * 4),
+        "latents_history_short": _randn(1, 4, f - 1, 16, 16, seed=102), "latents_history_mid": _randn(1, 4, f - 1, 16, 16, seed=103),
+        "latents_history_long": _randn(1, 4, (f - 1) * 4, 16, 16, seed=104),
+    }
+    return model, kwargs
+
+
+@builder("Ideogram4Transformer2DModel")
+def ideogram4():
+    """Ideogram 4: one packed sequence of LLM features then image tokens, with M-RoPE (t, h, w) position ids
+    (image positions offset), segment ids and a per-token indicator of which kind each token is."""
+    from diffusers import Ideogram4Transformer2DModel
+    from diffusers.models.transformers.transformer_ideogram4 import IMAGE_POSITION_OFFSET, LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR
+
+    _seeded()
+    model = Ideogram4Transformer2DModel(
+        in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4, intermediate_size=32, adaln_dim=16,
+        llm_features_dim=24, rope_theta=10_000, mrope_section=(2, 1, 1),
+    )
+    text, side = 4, 4
+    length = text + side * side
+    hidden_states = torch.zeros(1, length, 16)
+    hidden_states[:, text:] = _randn(1, side * side, 16)
+    features = torch.zeros(1, length, 24)
+    features[:, :text] = _randn(1, text, 24, seed=101)
+    position_ids = torch.zeros(1, length, 3, dtype=torch.long)
+    position_ids[:, :text] = torch.arange(text)[:, None]
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    position_ids[:, text:, 0] = IMAGE_POSITION_OFFSET
+    position_ids[:, text:, 1] = ys.flatten() + IMAGE_POSITION_OFFSET
+    position_ids[:, text:, 2] = xs.flatten() + IMAGE_POSITION_OFFSET
+    indicator = torch.full((1, length), OUTPUT_IMAGE_INDICATOR, dtype=torch.long)
+    indicator[:, :text] = LLM_TOKEN_INDICATOR
+    kwargs = {
+        "hidden_states": hidden_states, "encoder_hidden_states": features, "timestep": torch.tensor([0.5]),
+        "position_ids": position_ids, "segment_ids": torch.ones(1, length, dtype=torch.long), "indicator": indicator,
     }
     return model, kwargs
