@@ -1454,13 +1454,10 @@ NOT_BUILT: dict[str, str] = {
     "BriaFibo2Transformer2DModel": _LATER + "perceiver gist tokens with minimum text lengths (>= 256 tokens)",
     "Cosmos3OmniTransformer": _LATER + "Cosmos 3 omni (audio + video) model with many modality inputs",
     "CosmosControlNetModel": _LATER + "Cosmos-Transfer control branch: needs the Cosmos base model's block samples",
-    "JoyImageEditTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
-    "JoyImageEditPlusTransformer3DModel": _LATER + "image-edit model with reference-image token layout",
-    "Kandinsky6Transformer3DModel": _LATER + "Kandinsky 6 video model (explicit RoPE positions)",
+    "JoyImageEditPlusTransformer3DModel": _LATER + "multi-image edit inputs (B, images, C, F, H, W) with a shape list",
     "Kandinsky6SRTransformer3DModel": _LATER + "Kandinsky 6 super-resolution stage",
     "LTX2VideoTransformer3DModel": _LATER + "joint audio + video model (two streams with their own coordinates)",
     "MiniMaxH3Transformer3DModel": _LATER + "MiniMax H3 audio-video model",
-    "SanaWMTransformer3DModel": _LATER + "Sana world model (camera / action conditioning)",
     "SanaWMLTX2RefinerTransformer3DModel": _LATER + "Sana world-model refiner on LTX-2 latents",
     "UniDiffuserModel": _LATER + "joint image/text UViT (deprecated pipeline)",
     "WanAnimate2Transformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
@@ -1744,5 +1741,63 @@ def ideogram4():
     kwargs = {
         "hidden_states": hidden_states, "encoder_hidden_states": features, "timestep": torch.tensor([0.5]),
         "position_ids": position_ids, "segment_ids": torch.ones(1, length, dtype=torch.long), "indicator": indicator,
+    }
+    return model, kwargs
+
+
+@builder("Kandinsky6Transformer3DModel")
+def kandinsky6():
+    """Kandinsky 6: channels-last video (B, F, H, W, 2C + 1 with the visual condition channels)."""
+    from diffusers import Kandinsky6Transformer3DModel
+
+    _seeded()
+    model = Kandinsky6Transformer3DModel(
+        in_visual_dim=4, out_visual_dim=4, in_text_dim=8, in_text_dim2=8, time_dim=16, patch_size=(1, 2, 2), model_dim=48,
+        ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 4, 4), visual_cond=True, in_audio_dim=4, out_audio_dim=4,
+    )
+    kwargs = {
+        "hidden_states": _randn(1, 2, 8, 8, 2 * 4 + 1), "encoder_hidden_states": _randn(1, 6, 8, seed=101),
+        "pooled_projections": _randn(1, 8, seed=102), "timestep": torch.tensor([500.0]),
+    }
+    return model, kwargs
+
+
+def _joy_image(cls_name: str):
+    import diffusers
+
+    _seeded()
+    model = getattr(diffusers, cls_name)(
+        patch_size=[1, 2, 2], in_channels=16, hidden_size=32, num_attention_heads=2, text_dim=16, num_layers=2,
+        rope_dim_list=[4, 6, 6], theta=256,
+    )
+    kwargs = {"hidden_states": _randn(1, 16, 1, 8, 8), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": torch.tensor([1.0])}
+    return model, kwargs
+
+
+@builder("JoyImageEditTransformer3DModel")
+def joy_image_edit():
+    return _joy_image("JoyImageEditTransformer3DModel")
+
+
+@builder("SanaWMTransformer3DModel")
+def sana_wm():
+    """SANA-WM (world model): camera poses + intrinsics per frame and Plücker ray maps condition the video."""
+    from diffusers import SanaWMTransformer3DModel
+
+    _seeded()
+    frames, size = 4, 8
+    model = SanaWMTransformer3DModel(
+        in_channels=4, num_layers=2, hidden_size=32, num_attention_heads=2, patch_size=(1, 1, 1), softmax_every_n=2,
+        linear_head_dim=16, t_kernel_size=3, conv_kernel_size=4, caption_channels=8, mlp_ratio=2.0,
+        chunk_plucker_channels=8, chunk_plucker_post_attn_blocks=2,
+    )
+    c2w = torch.eye(4).repeat(1, frames, 1, 1)
+    c2w[..., 2, 3] = torch.arange(frames, dtype=torch.float32) * 0.1  # move forward
+    intrinsics = torch.tensor([float(size), float(size), size / 2, size / 2]).expand(1, frames, 4)
+    kwargs = {
+        "hidden_states": _randn(1, 4, frames, size, size), "timestep": torch.full((1, 1, frames), 500.0),
+        "encoder_hidden_states": _randn(1, 1, 16, 8, seed=101), "encoder_attention_mask": torch.ones(1, 16, dtype=torch.long),
+        "camera_conditions": torch.cat([c2w.flatten(start_dim=-2), intrinsics], dim=-1),
+        "chunk_plucker": _randn(1, 8, frames, size, size, seed=102),
     }
     return model, kwargs
