@@ -1453,7 +1453,6 @@ NOT_BUILT: dict[str, str] = {
     "AnyFlowFARTransformer3DModel": _LATER + "AnyFlow-FAR needs frame-autoregressive context inputs",
     "BriaFibo2Transformer2DModel": _LATER + "perceiver gist tokens with minimum text lengths (>= 256 tokens)",
     "Cosmos3OmniTransformer": _LATER + "Cosmos 3 omni (audio + video) model with many modality inputs",
-    "CosmosControlNetModel": _LATER + "Cosmos-Transfer control branch: needs the Cosmos base model's block samples",
     "JoyImageEditPlusTransformer3DModel": _LATER + "multi-image edit inputs (B, images, C, F, H, W) with a shape list",
     "Kandinsky6SRTransformer3DModel": _LATER + "Kandinsky 6 super-resolution stage",
     "LTX2VideoTransformer3DModel": _LATER + "joint audio + video model (two streams with their own coordinates)",
@@ -1461,7 +1460,6 @@ NOT_BUILT: dict[str, str] = {
     "SanaWMLTX2RefinerTransformer3DModel": _LATER + "Sana world-model refiner on LTX-2 latents",
     "UniDiffuserModel": _LATER + "joint image/text UViT (deprecated pipeline)",
     "WanAnimate2Transformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
-    "ZImageControlNetModel": _LATER + "control context for chosen Z-Image layers (needs the base model's refiner outputs)",
     "LTX2VideoDiffusionDecoderModel": _LATER + "LTX-2 diffusion decoder (a VAE-side denoiser)",
 }
 
@@ -1799,5 +1797,45 @@ def sana_wm():
         "encoder_hidden_states": _randn(1, 1, 16, 8, seed=101), "encoder_attention_mask": torch.ones(1, 16, dtype=torch.long),
         "camera_conditions": torch.cat([c2w.flatten(start_dim=-2), intrinsics], dim=-1),
         "chunk_plucker": _randn(1, 8, frames, size, size, seed=102),
+    }
+    return model, kwargs
+
+
+@builder("CosmosControlNetModel")
+def cosmos_controlnet():
+    """Cosmos-Transfer's control branch: control latents (+ condition / padding masks), text and image context."""
+    from diffusers import CosmosControlNetModel
+
+    _seeded()
+    model = CosmosControlNetModel(
+        n_controlnet_blocks=2, in_channels=16 + 1 + 1, latent_channels=16 + 1 + 1, model_channels=32, num_attention_heads=2,
+        attention_head_dim=16, mlp_ratio=2, text_embed_dim=32, adaln_lora_dim=4, patch_size=(1, 2, 2), max_size=(4, 32, 32),
+        rope_scale=(2.0, 1.0, 1.0), extra_pos_embed_type=None, img_context_dim_in=32, img_context_dim_out=32,
+        use_crossattn_projection=False,
+    )
+    kwargs = {
+        "controls_latents": _randn(1, 16, 1, 16, 16), "latents": _randn(1, 16, 1, 16, 16, seed=101), "timestep": torch.tensor([0.5]),
+        "encoder_hidden_states": (_randn(1, TEXT_LEN, 32, seed=102), _randn(1, 4, 32, seed=103)),
+        "condition_mask": torch.ones(1, 1, 1, 16, 16), "conditioning_scale": 1.0, "padding_mask": torch.zeros(1, 1, 16, 16),
+    }
+    return model, kwargs
+
+
+@builder("ZImageControlNetModel")
+def z_image_controlnet():
+    """Z-Image ControlNet, initialised from a tiny Z-Image transformer (``from_transformer``) as the pipeline does."""
+    from diffusers import ZImageControlNetModel, ZImageTransformer2DModel
+
+    _seeded()
+    config = dict(dim=64, n_refiner_layers=1, n_heads=2, n_kv_heads=2)
+    transformer = ZImageTransformer2DModel(in_channels=4, n_layers=2, cap_feat_dim=16, axes_dims=[8, 12, 12], axes_lens=[64, 32, 32], **config)
+    controlnet = ZImageControlNetModel(
+        control_layers_places=[0, 1], control_refiner_layers_places=[0], add_control_noise_refiner="control_noise_refiner",
+        control_in_dim=4, **config,
+    )
+    model = ZImageControlNetModel.from_transformer(controlnet=controlnet, transformer=transformer)
+    kwargs = {
+        "x": [_randn(4, 1, 16, 16)], "t": torch.tensor([0.5]), "cap_feats": [_randn(TEXT_LEN, 16, seed=101)],
+        "control_context": [_randn(4, 1, 16, 16, seed=102)],
     }
     return model, kwargs

@@ -53,6 +53,8 @@ def _sample(output):
             output = output[0]
         elif hasattr(output, "to_tuple"):
             output = output.to_tuple()[0]
+        elif isinstance(output, dict):  # e.g. ZImageControlNetModel: {layer index: control sample}
+            output = next(iter(output.values()))
         else:
             raise TypeError(f"no tensor in {type(output).__name__}")
     return output
