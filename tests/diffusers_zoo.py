@@ -489,18 +489,23 @@ def hidream():
 # --- the other video transformers -------------------------------------------------------------------
 
 
-@builder("CogVideoXTransformer3DModel")
-def cogvideox():
-    from diffusers import CogVideoXTransformer3DModel
+def _cogvideox_like(cls_name: str):
+    """CogVideoX's layout (also ConsisID's backbone): latents (B, F, C, H, W), expert-adaLN text + video stream."""
+    import diffusers
 
     _seeded()
-    model = CogVideoXTransformer3DModel(
+    model = getattr(diffusers, cls_name)(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=16,
         num_layers=2, sample_width=16, sample_height=16, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
         max_text_seq_length=TEXT_LEN,
     )
     kwargs = {"hidden_states": _randn(1, 2, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t().long()}
     return model, kwargs
+
+
+@builder("CogVideoXTransformer3DModel")
+def cogvideox():
+    return _cogvideox_like("CogVideoXTransformer3DModel")
 
 
 @builder("LTXVideoTransformer3DModel")
@@ -645,6 +650,14 @@ def sparse_controlnet():
     return model, kwargs
 
 
+def _multi(wrapper_name: str, net: nn.Module, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """A diffusers multi-ControlNet wrapper around one ``net``: conditions and scales become one-item lists."""
+    import diffusers
+
+    kwargs = {**kwargs, "controlnet_cond": [kwargs["controlnet_cond"]], "conditioning_scale": [1.0]}
+    return getattr(diffusers, wrapper_name)([net]), kwargs
+
+
 def _flux_controlnet(num_mode: int | None = None):
     from diffusers import FluxControlNetModel
 
@@ -705,11 +718,7 @@ def sd3_controlnet():
 
 @builder("SD3MultiControlNetModel")
 def sd3_multi_controlnet():
-    from diffusers import SD3MultiControlNetModel
-
-    kwargs = _sd3_controlnet_kwargs()
-    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], conditioning_scale=[1.0])
-    return SD3MultiControlNetModel([_sd3_controlnet()]), kwargs
+    return _multi("SD3MultiControlNetModel", _sd3_controlnet(), _sd3_controlnet_kwargs())
 
 
 @builder("SanaControlNetModel")
@@ -755,11 +764,7 @@ def hunyuan_controlnet():
 
 @builder("HunyuanDiT2DMultiControlNetModel")
 def hunyuan_multi_controlnet():
-    from diffusers import HunyuanDiT2DMultiControlNetModel
-
-    kwargs = _hunyuan_controlnet_kwargs()
-    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], conditioning_scale=[1.0])
-    return HunyuanDiT2DMultiControlNetModel([_hunyuan_controlnet()]), kwargs
+    return _multi("HunyuanDiT2DMultiControlNetModel", _hunyuan_controlnet(), _hunyuan_controlnet_kwargs())
 
 
 def _qwen_controlnet():
@@ -788,11 +793,7 @@ def qwen_controlnet():
 
 @builder("QwenImageMultiControlNetModel")
 def qwen_multi_controlnet():
-    from diffusers import QwenImageMultiControlNetModel
-
-    kwargs = _qwen_controlnet_kwargs()
-    kwargs.update(controlnet_cond=[kwargs["controlnet_cond"]], conditioning_scale=[1.0])
-    return QwenImageMultiControlNetModel([_qwen_controlnet()]), kwargs
+    return _multi("QwenImageMultiControlNetModel", _qwen_controlnet(), _qwen_controlnet_kwargs())
 
 
 # --- generic transformers and other U-Nets -----------------------------------------------------------
@@ -1558,16 +1559,7 @@ def krea2():
 @builder("ConsisIDTransformer3DModel")
 def consisid():
     """Without the face branch (is_train_face=False): the CogVideoX-style backbone."""
-    from diffusers import ConsisIDTransformer3DModel
-
-    _seeded()
-    model = ConsisIDTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=16,
-        num_layers=2, sample_width=16, sample_height=16, sample_frames=5, patch_size=2, temporal_compression_ratio=4,
-        max_text_seq_length=TEXT_LEN,
-    )
-    kwargs = {"hidden_states": _randn(1, 2, 4, 16, 16), "encoder_hidden_states": _randn(1, TEXT_LEN, 16, seed=101), "timestep": _t().long()}
-    return model, kwargs
+    return _cogvideox_like("ConsisIDTransformer3DModel")
 
 
 @builder("HunyuanVideo15Transformer3DModel")
