@@ -1460,7 +1460,7 @@ NOT_BUILT: dict[str, str] = {
     "MiniMaxH3Transformer3DModel": _LATER + "MiniMax H3 audio-video model",
     "SanaWMLTX2RefinerTransformer3DModel": _LATER + "Sana world-model refiner on LTX-2 latents",
     "UniDiffuserModel": _LATER + "joint image/text UViT (deprecated pipeline)",
-    "WanAnimate2Transformer3DModel": _LATER + "pose latents, face pixels and a motion encoder",
+    "WanAnimate2Transformer3DModel": _LATER + "list-of-tensor inputs and a WanAnimate2KVCache filled by a reference pass",
     "LTX2VideoDiffusionDecoderModel": _LATER + "LTX-2 diffusion decoder (a VAE-side denoiser)",
 }
 
