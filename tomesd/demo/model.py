@@ -32,9 +32,14 @@ NOISE_SCHEDULE = {
 }
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer whose merges turn every caption word into exactly one token."""
-    words = vocabulary()
+def build_tokenizer(words: list[str] | None = None) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose merges turn every caption word into exactly one token.
+
+    Args:
+        words: the vocabulary (default: every word of the textured grammar, :func:`vocabulary`); the
+            plain-shapes stages of training use ``vocabulary(textures=False)``.
+    """
+    words = vocabulary() if words is None else words
     merges: list[str] = []
     symbols: list[str] = [BOS, EOS]
     for word in words:
