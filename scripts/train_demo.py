@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--init-from", type=Path, default=DEMO_MODEL_DIR,
                         help="pipeline the texture stages start from when the plain stages are not run")
     parser.add_argument("--texture-vae-steps", type=int, default=800)
-    parser.add_argument("--texture-unet-steps", type=int, default=1600)
+    parser.add_argument("--texture-unet-steps", type=int, default=2000)
     parser.add_argument("--texture-finetune-steps", type=int, default=300)
     parser.add_argument("--texture-lr", type=float, default=5e-4,
                         help="peak learning rate of texture-unet (texture-vae: 0.3x; texture-finetune: 0.3x)")
