@@ -271,6 +271,24 @@ def test_load_pipeline_explains_missing_weights(monkeypatch, tmp_path):
         load_pipeline()
 
 
+def test_load_pipeline_names_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_pipeline(folder=tmp_path)
+
+
+def test_texture_stage_starts_with_the_known_words_exactly_as_trained(pipe):
+    from scripts.train_demo import Denoiser
+
+    textured = Denoiser(build_tokenizer(), lr=1e-3)
+    textured.start_from(pipe.text_encoder, pipe.unet, pipe.tokenizer)
+    caption = ["a small red circle on a blue background"]
+    ids = pipe.tokenizer(caption, padding="max_length", max_length=16, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(textured.encode_text(caption), pipe.text_encoder(ids)[0])
+        assert textured.encode_text(["a red and white checked circle"]).isfinite().all()
+    assert all(torch.equal(a, b) for a, b in zip(textured.unet.state_dict().values(), pipe.unet.state_dict().values()))
+
+
 def test_cli_writes_an_image(tmp_path):
     out = tmp_path / "x.png"
     cli(["--prompt", "a blue square", "--out", str(out), "--steps", "2", "--size", "32"])
