@@ -104,3 +104,13 @@ def test_summaries_give_the_mean_and_the_worst_image(striped):
 def test_bad_input_raises_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_the_metrics_and_the_detector_import_without_diffusers():
+    import subprocess
+    import sys
+
+    code = ("import sys, tomesd.lab.detail, tomesd.demo.detector; "
+            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

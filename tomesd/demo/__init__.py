@@ -8,14 +8,19 @@ work offline with a model that really draws what it is asked::
 
 Prompts follow the grammar of its training captions, ``a [small|large] <colour> <shape> [on a <colour>
 background]`` (see :mod:`tomesd.demo.shapes`); :mod:`tomesd.demo.detector` checks what an image shows.
+The generator and the detector also know textures (``a red and white vertical striped circle on a blue
+dotted background``); ``scripts/train_demo.py``'s texture stages teach them to the model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import StableDiffusionPipeline
+
+if TYPE_CHECKING:  # diffusers is imported when a pipeline is loaded: the generator and detector need none
+    from diffusers import StableDiffusionPipeline
 
 __all__ = [
     "DEFAULT_GUIDANCE",
@@ -74,6 +79,8 @@ def load_pipeline(
         raise FileNotFoundError(
             f"the demo model is missing from {folder}; train it with `python scripts/train_demo.py`"
         )
+    from diffusers import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, dtype=dtype, use_safetensors=True, local_files_only=True,
         safety_checker=None, requires_safety_checker=False,

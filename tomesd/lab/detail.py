@@ -16,8 +16,8 @@ merging does to texture. These three look at the fine scale:
   :func:`gradient_similarity`, the map's mean, which only falls).
 
 :func:`detail_scores` gives all four for each image pair and :func:`summarize_detail` reports each as mean
-and worst image, the way a setting is reported. Pure numpy: images are RGB ``PIL.Image`` or uint8
-(H, W, 3) arrays.
+and worst image, the way a setting is reported. Pure numpy (no diffusers import): images are RGB
+``PIL.Image`` or uint8 (H, W, 3) arrays.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from ..demo.detector import to_array
 
 __all__ = [
     "DEFAULT_CUTOFF",
@@ -174,19 +176,9 @@ def summarize_detail(images: Sequence[ImageLike], references: Sequence[ImageLike
     return {name: summarize(values, METRICS[name]) for name, values in scores.items()}
 
 
-def _as_array(image: ImageLike) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a PIL.Image or a uint8 (H, W, 3) numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) array, got {image.dtype} of shape {image.shape}")
-    return image
-
-
 def _pair(image: ImageLike, reference: ImageLike) -> tuple[np.ndarray, np.ndarray]:
     """Both images as float64 (H, W, 3) arrays of the same shape."""
-    a, b = _as_array(image), _as_array(reference)
+    a, b = to_array(image), to_array(reference)
     if a.shape != b.shape:
         raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
     return a.astype(np.float64), b.astype(np.float64)
