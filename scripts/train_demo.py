@@ -56,7 +56,7 @@ STAGES = ("vae", "unet", "finetune", "texture-vae", "texture-unet", "texture-fin
 TEXTURE_STAGES = STAGES[3:]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR, help="shipped pipeline folder to write")
     parser.add_argument("--work", type=Path, default=Path("outputs/demo_train"), help="checkpoints and logs")
@@ -81,7 +81,7 @@ def parse_args() -> argparse.Namespace:
                         help="peak learning rate of texture-unet (texture-vae: 0.3x; texture-finetune: 0.3x)")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def batch_images(seed: int, stage: str, step: int, count: int, size: int) -> tuple[torch.Tensor, list[str]]:
@@ -313,8 +313,8 @@ def _continue_from(ckpt: Checkpoints, stage: str, before: str | None, denoiser: 
         denoiser.load({**ckpt.load(before), "step": 0})
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     ckpt = Checkpoints(args.work)
