@@ -38,6 +38,8 @@ _MIN_AREA = 0.01
 #: RGB distance within which a pixel counts as a border colour: half the closest distance between a
 #: palette colour and a gradient background's colours (orange to white passes 69 from yellow).
 _BACKGROUND_DISTANCE = 32.0
+#: Share of the border a colour bin must hold to count as a background colour.
+_COMMON_ON_BORDER = 0.01
 #: An object whose holes cover more than this share of its filled region is an outline.
 _OUTLINE_HOLE = 0.08
 #: A pixel this close (RGB distance) to a palette colour is a pure one, not a blend.
@@ -235,10 +237,12 @@ def _background_name(labels: np.ndarray) -> str:
 
 
 def _near_border_colours(pixels: np.ndarray, border: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels within :data:`_BACKGROUND_DISTANCE` of a colour seen at least 3 times on the
-    border (colours binned 8 levels per channel, so that stray border pixels do not count)."""
-    bins, counts = np.unique((pixels[border] // 8).astype(np.int32), axis=0, return_counts=True)
-    centres = bins[counts >= 3].astype(np.float32) * 8 + 3.5  # (K, 3)
+    """(H, W) bool: pixels within :data:`_BACKGROUND_DISTANCE` of a colour common on the border: colours
+    binned 16 levels per channel, a bin counting if it holds 1 % of the border (a gradient's bins hold
+    several), so that stray pixels, or a shape grazing the border, do not make their colour background."""
+    bins, counts = np.unique((pixels[border] // 16).astype(np.int32), axis=0, return_counts=True)
+    common = counts >= max(3, _COMMON_ON_BORDER * border.sum())
+    centres = bins[common].astype(np.float32) * 16 + 7.5  # (K, 3)
     flat = pixels.reshape(-1, 3)
     nearest = np.full(flat.shape[0], np.inf, np.float32)
     for start in range(0, len(centres), 256):  # (N, 256) distances at a time
