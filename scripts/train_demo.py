@@ -29,7 +29,9 @@ Measured on this machine (2 CPU cores, torch 2.14.1) for the shipped weights, wh
 give: vae 1800 steps ~9 min (1 thread, shared machine); unet 16000 steps: the first 9000 (constant rate) in
 76 min (1 thread, 1.96 steps/s, while another job held the other core; three resumed parts), the annealed
 7000 in 36 min (2 threads, quiet machine, ~3.2 steps/s); finetune 2000 steps of batch 4, 36 min (2 threads,
-quiet machine, ~0.93 steps/s). On a shared machine use ``--threads 1``.
+quiet machine, ~0.93 steps/s). On a shared machine use ``--threads 1``. The texture stages' cost, measured
+with 1 thread on a loaded machine before their run: ~1.1 s per texture-vae step, ~1.4 s per texture-unet
+step (batch 8, 64 px) and ~3.1 s per texture-finetune step (batch 4, 128 px), about 1 h 10 min in all.
 """
 
 from __future__ import annotations
@@ -203,7 +205,9 @@ class Denoiser:
         for token, index in self.tokenizer.get_vocab().items():
             new[index] = old[old_vocab[token]] if token in old_vocab else old.mean(0) + new[index]
         rest = {k: v for k, v in text_encoder.state_dict().items() if not k.endswith("token_embedding.weight")}
-        self.text_encoder.load_state_dict(rest, strict=False)
+        missing, unexpected = self.text_encoder.load_state_dict(rest, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("token_embedding.weight")]:
+            raise RuntimeError(f"text encoders differ beyond the vocabulary: missing {missing}, unexpected {unexpected}")
         with torch.no_grad():
             self.text_encoder.get_input_embeddings().weight.copy_(new)
         self.ema_text_encoder.load_state_dict(self.text_encoder.state_dict())
