@@ -31,7 +31,8 @@ give: vae 1800 steps ~9 min (1 thread, shared machine); unet 16000 steps: the fi
 7000 in 36 min (2 threads, quiet machine, ~3.2 steps/s); finetune 2000 steps of batch 4, 36 min (2 threads,
 quiet machine, ~0.93 steps/s). On a shared machine use ``--threads 1``. The texture stages' cost, measured
 with 1 thread on a loaded machine before their run: ~1.1 s per texture-vae step, ~1.4 s per texture-unet
-step (batch 8, 64 px) and ~3.1 s per texture-finetune step (batch 4, 128 px), about 1 h 10 min in all.
+step (batch 8, 64 px) and ~3.1 s per texture-finetune step (batch 4, 128 px): about 80 min in all, when the
+machine gives the job a core.
 """
 
 from __future__ import annotations
