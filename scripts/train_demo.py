@@ -25,7 +25,7 @@ denoiser stage as a standard diffusers folder (safetensors). Every batch is draw
 The learning rate warms up over 100 steps, stays at its peak until ``--unet-anneal-start`` (finetune:
 ``--finetune-anneal-start``), then follows a cosine down to a tenth of the peak at the stage's last step.
 
-Measured on this machine (2 CPU cores, torch 2.14.1) for the shipped weights, which are what the defaults
+Measured on this machine (2 CPU cores, torch 2.14.1) for the shipped weights, which the first three stages' defaults
 give: vae 1800 steps ~9 min (1 thread, shared machine); unet 16000 steps: the first 9000 (constant rate) in
 76 min (1 thread, 1.96 steps/s, while another job held the other core; three resumed parts), the annealed
 7000 in 36 min (2 threads, quiet machine, ~3.2 steps/s); finetune 2000 steps of batch 4, 36 min (2 threads,
