@@ -158,7 +158,20 @@ def train_vae(args: argparse.Namespace, stage: str, ckpt: Checkpoints, log: list
         images, _ = batch_images(args.seed, f"{stage}-scale", 0, 64, 64)
         std = vae.encode(images).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
+    if start_from is not None:
+        for size in (64, 128):
+            before, after = (reconstruction_psnr(v, args.seed, stage, size) for v in (start_from, vae))
+            print(f"{stage}: reconstruction PSNR at {size} px {before:.1f} dB before, {after:.1f} dB after")
     return vae
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, seed: int, stage: str, size: int, count: int = 16) -> float:
+    """PSNR (dB, images in [-1, 1]) of ``vae``'s reconstructions of ``count`` fixed images of ``stage``'s
+    data, drawn apart from its training batches."""
+    images, _ = batch_images(seed, f"{stage}-check", size, count, size)
+    latents = vae.encode(images).latent_dist.mode()
+    return 10 * math.log10(4 / F.mse_loss(vae.decode(latents).sample.clamp(-1, 1), images).item())
 
 
 def _resume(state: dict | None, parts: dict) -> int:
