@@ -10,11 +10,11 @@ It reads an image the way the generator in :mod:`tomesd.demo.shapes` draws one:
 * colours are read by snapping pixels to the palette: the object's commonest one or two, the border's
   named colour (:func:`~tomesd.demo.shapes.partner` is the other colour of a textured background);
 * a region's texture (:func:`read_texture`) is read from its colours projected on their main axis: too
-  little contrast or no periodic structure is ``plain``; a plane that explains the variation is a
-  ``gradient``; otherwise the power spectrum, estimated from the region's masked autocorrelation (so the
-  region's outline adds no frequencies of its own), says which directions carry the periodic energy:
-  one axis (stripes across it), one diagonal (diagonal stripes), both axes (a dot lattice), both
-  diagonals (checks). The spectrum's peak gives the period in pixels.
+  little contrast, or no periodic structure stronger than the region's slow shading, is ``plain``; a
+  plane that explains the variation is a ``gradient``; otherwise the power spectrum, estimated from the
+  region's masked autocorrelation (so the region's outline adds no frequencies of its own), says which
+  directions carry the periodic energy: one axis (stripes across it), one diagonal (diagonal stripes),
+  both axes (a dot lattice), both diagonals (checks). The spectrum's peak gives the period in pixels.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ _MIN_AREA = 0.01
 #: RGB distance within which a pixel counts as a border colour: half the closest distance between a
 #: palette colour and a gradient background's colours (orange to white passes 69 from yellow).
 _BACKGROUND_DISTANCE = 32.0
+#: Share of the border one palette colour holds when the background is plain.
+_PLAIN_BORDER = 0.9
 #: Share of the border a colour bin must hold to count as a background colour.
 _COMMON_ON_BORDER = 0.01
 #: An object whose holes cover more than this share of its filled region is an outline.
@@ -50,8 +52,8 @@ _SECOND_COLOUR_SHARE = 0.05
 #: R^2 of a plane fit for a gradient; least peak / mean power in the band for periodic structure; the
 #: band of periods considered (pixels); the lags of the autocorrelation; the partner direction's least
 #: share of the strongest for a lattice (dots, checks) rather than stripes.
-_MIN_CONTRAST, _MIN_GRADIENT_FIT, _MIN_PEAKINESS = 12.0, 0.8, 6.0
-_PERIODS = (3.0, 20.0)
+_MIN_CONTRAST, _MIN_GRADIENT_FIT, _MIN_PEAKINESS = 16.0, 0.8, 6.0
+_PERIODS = (4.0, 14.0)
 _MAX_LAG, _SPECTRUM_SIDE = 16, 128
 _LATTICE_SHARE = 0.5
 #: Least pixels of a region whose texture is read (fewer: ``None``).
@@ -117,8 +119,12 @@ def detect(image: Image.Image | np.ndarray) -> Detection:
     pixels = to_array(image).astype(np.float32)  # (H, W, 3)
     side = pixels.shape[0]
     border = _border_mask(pixels.shape[:2], max(1, side // 32))  # (H, W) bool
-    background = _background_name(_palette_labels(pixels)[border])
+    labels = _palette_labels(pixels)  # (H, W)
+    background = _background_name(labels[border])
     ground = _near_border_colours(_median3(pixels), border)  # (H, W) bool
+    plain = np.bincount(labels[border], minlength=len(_NAMES))
+    if plain.max() >= _PLAIN_BORDER * border.sum():  # a plain background: its colour, shaded, is still background
+        ground |= labels == plain.argmax()
     region = _largest_region(~ground)  # (H, W) bool
     area = int(region.sum())
     ground_texture = read_texture(pixels, _erode(ground & ~_dilate(region, 2), 1))
@@ -170,7 +176,8 @@ def read_texture(pixels: np.ndarray, mask: np.ndarray) -> Texture:
     power, kx, ky = _masked_power_spectrum(signal, mask)
     radius = np.hypot(kx, ky)
     band = (radius >= 1 / _PERIODS[1]) & (radius <= 1 / _PERIODS[0])
-    if power[band].max() < _MIN_PEAKINESS * power[band].mean():
+    slow = (radius > 0) & (radius < 1 / _PERIODS[1])  # shading, not a pattern
+    if power[band].max() < max(_MIN_PEAKINESS * power[band].mean(), power[slow].max()):
         return Texture("plain")
     angle = np.degrees(np.arctan2(ky, kx)) % 180  # 0: varies along x; 90: along y
     sectors = [band & (np.abs((angle - centre + 90) % 180 - 90) < 22.5) for centre in (0, 45, 90, 135)]
