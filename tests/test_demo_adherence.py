@@ -41,7 +41,7 @@ def test_adherence_details_name_what_was_asked_and_seen():
     [result] = adherence_details([image], [scene.caption])
     assert result.asked == scene.asked
     assert result.detected == {"size": scene.size, "colour": scene.colour, "shape": scene.shape,
-                               "background": scene.background}
+                               "background": scene.background, "texture": "plain", "background_texture": "plain"}
     assert result.score == 1.0
 
 

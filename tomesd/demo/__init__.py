@@ -8,14 +8,19 @@ work offline with a model that really draws what it is asked::
 
 Prompts follow the grammar of its training captions, ``a [small|large] <colour> <shape> [on a <colour>
 background]`` (see :mod:`tomesd.demo.shapes`); :mod:`tomesd.demo.detector` checks what an image shows.
+The generator and the detector also know textures (``a red and white vertical striped circle on a blue
+dotted background``); ``scripts/train_demo.py``'s texture stages teach them to the model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import StableDiffusionPipeline
+
+if TYPE_CHECKING:  # diffusers is imported when a pipeline is loaded: the generator and detector need none
+    from diffusers import StableDiffusionPipeline
 
 __all__ = [
     "DEFAULT_GUIDANCE",
@@ -47,7 +52,8 @@ EXAMPLE_PROMPTS = [
 
 
 def load_pipeline(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, progress: bool = False
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, progress: bool = False,
+    folder: str | Path | None = None,
 ) -> StableDiffusionPipeline:
     """Load the shipped demo pipeline from :data:`DEMO_MODEL_DIR`, offline and from safetensors only.
 
@@ -55,6 +61,7 @@ def load_pipeline(
         device: where to put the pipeline, e.g. ``"cpu"``.
         dtype: weight dtype (``torch.float32``; ``torch.bfloat16``/``float16`` where the device supports it).
         progress: show the sampling progress bar (off by default).
+        folder: another folder written by ``scripts/train_demo.py --out`` (default: the shipped one).
 
     Returns:
         A ``StableDiffusionPipeline`` without safety checker; call it with a prompt, it draws
@@ -67,12 +74,15 @@ def load_pipeline(
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-    if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+    folder = DEMO_MODEL_DIR if folder is None else Path(folder)
+    if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"the demo model is missing from {DEMO_MODEL_DIR}; train it with `python scripts/train_demo.py`"
+            f"the demo model is missing from {folder}; train it with `python scripts/train_demo.py`"
         )
+    from diffusers import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline.from_pretrained(
-        DEMO_MODEL_DIR, dtype=dtype, use_safetensors=True, local_files_only=True,
+        folder, dtype=dtype, use_safetensors=True, local_files_only=True,
         safety_checker=None, requires_safety_checker=False,
     )
     pipe = pipe.to(torch.device(device))

@@ -32,19 +32,45 @@ NOISE_SCHEDULE = {
 }
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer whose merges turn every caption word into exactly one token."""
-    words = vocabulary()
+def build_tokenizer(words: list[str] | None = None) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose merges turn every caption word into exactly one token.
+
+    Each word gets a left-to-right chain of merges. Where an earlier word's merge breaks a later word's
+    chain (``"d i"`` of "diagonal" fires first in "gradient"), merges joining the pieces BPE leaves are
+    appended: BPE takes the lowest-ranked pair present, so merges ranked last change no word that was
+    already one token.
+
+    Args:
+        words: the vocabulary (default: every word of the textured grammar, :func:`vocabulary`); the
+            plain-shapes stages of training use ``vocabulary(textures=False)``.
+    """
+    words = vocabulary() if words is None else words
     merges: list[str] = []
     symbols: list[str] = [BOS, EOS]
     for word in words:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         symbols += pieces
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            merges.append(f"{merged} {piece}")
-            merged += piece
-            symbols.append(merged)
+        merges += _chain(pieces, symbols)
+    tokenizer = _write_tokenizer(symbols, merges)
+    for word in words:
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) > 1:
+            merges += _chain(pieces, symbols)
+            tokenizer = _write_tokenizer(symbols, merges)
+    return tokenizer
+
+
+def _chain(pieces: list[str], symbols: list[str]) -> list[str]:
+    """Merges joining ``pieces`` left to right; each merged string is added to ``symbols``."""
+    merges, merged = [], pieces[0]
+    for piece in pieces[1:]:
+        merges.append(f"{merged} {piece}")
+        merged += piece
+        symbols.append(merged)
+    return merges
+
+
+def _write_tokenizer(symbols: list[str], merges: list[str]) -> CLIPTokenizer:
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file, merges_file = Path(tmp, "vocab.json"), Path(tmp, "merges.txt")
         unique = dict.fromkeys(symbols)  # first occurrence wins, ids stay contiguous
