@@ -118,3 +118,16 @@ def test_encoder_must_fit_the_model():
         compress_prompt(model, ids, 4, encoder=KTokenEncoder(HIDDEN, 2))
     with pytest.raises(ValueError, match="padding side"):
         compress_prompt(model, ids, 4, padding_side="middle")
+
+
+def test_padding_only_context_says_what_to_pass():
+    """It used to advise "use k <= 0", a block length that does not exist."""
+    ids, mask = padded_batch([6, 5], "right")
+    mask[1] = 0
+    with pytest.raises(ValueError, match="prompt 1 has no real token .* every context needs at least one token"):
+        compress_prompt(tiny_qwen(), ids, 1, mask)
+
+
+def test_empty_batch_says_what_to_pass():
+    with pytest.raises(ValueError, match="the batch is empty; pass at least one context"):
+        compress_prompt(tiny_qwen(), torch.zeros(0, 4, dtype=torch.long), 2)

@@ -75,3 +75,31 @@ def test_tokenizer_without_pad_token():
     args = ([e.context for e in examples], [e.question for e in examples])
     options = dict(k=2, max_new_tokens=2, do_sample=False, eos_token_id=None)
     assert generate_text(model, no_pad, *args, **options) == generate_text(model, with_pad, *args, **options)
+
+
+def test_empty_question_is_a_clear_error():
+    """An empty question used to reach the embedding as float indices (RuntimeError)."""
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    example = tree_examples(1, 4, 6, seed=0)[0]
+    with pytest.raises(ValueError, match=r"question 0 \(''\) has no tokens; .*question=None"):
+        generate_text(model, tokenizer, example.context, "", k=2, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"question 1 \(''\) has no tokens"):
+        generate_text(model, tokenizer, [example.context] * 2, [example.question, ""], k=2, max_new_tokens=1)
+
+
+def test_empty_context_list_is_a_clear_error():
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    with pytest.raises(ValueError, match="no context given: pass a string or a non-empty list"):
+        generate_text(model, tokenizer, [], k=2)
+    with pytest.raises(ValueError, match="no context given"):
+        generate_text(model, tokenizer, [], [], k=2)
+
+
+def test_empty_context_string_is_a_clear_error():
+    """The tree tokenizer adds no BOS, so "" has no token at all: the error says to pass a non-empty one."""
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    with pytest.raises(ValueError, match="prompt 1 has no real token .* pass a non-empty context"):
+        generate_text(model, tokenizer, ["A is the parent of B .", ""], ["who ?", "who ?"], k=1)

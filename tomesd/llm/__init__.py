@@ -8,7 +8,8 @@
 * :mod:`tomesd.llm.task`: the synthetic textualized-tree task and its offline tokenizer.
 """
 
-from .compress import CompressedPrompt, compress_prompt, mean_merge
+from .blocks import mean_merge
+from .compress import CompressedPrompt, compress_prompt
 from .encoder import KTokenEncoder
 from .generate import generate_compressed, generate_text
 

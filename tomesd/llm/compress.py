@@ -11,17 +11,14 @@ attention mask and positions (merged tokens take one position each), ready for a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from tomesd.merge import block_merge
+from .blocks import mean_merge, validate_block_length
+from .encoder import KTokenEncoder
 
-if TYPE_CHECKING:
-    from .encoder import KTokenEncoder
-
-__all__ = ["CompressedPrompt", "compress_prompt", "mean_merge", "pack", "validate_block_length"]
+__all__ = ["CompressedPrompt", "compress_prompt", "pack"]
 
 IGNORE_INDEX = -100
 PADDING_SIDES = ("left", "right")
@@ -45,26 +42,6 @@ class CompressedPrompt:
     labels: Tensor | None = None
 
 
-def validate_block_length(k: int, lengths: Tensor) -> None:
-    """Check a block length against the real lengths (B,) of the prompts it will compress.
-
-    Raises:
-        TypeError: ``k`` is not an int.
-        ValueError: ``k`` below 1, or larger than some prompt.
-    """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"block length k must be an int, got {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"block length k must be >= 1, got {k}")
-    shortest = int(lengths.min()) if lengths.numel() else 0
-    if k > shortest:
-        sample = int(lengths.argmin()) if lengths.numel() else 0
-        raise ValueError(
-            f"block length k={k} is larger than prompt {sample}, which has {shortest} real token(s); "
-            f"use k <= {shortest} or a longer context"
-        )
-
-
 def pack(mask: Tensor, *tensors: Tensor, side: str = "left") -> tuple[Tensor, ...]:
     """Move every sample's real positions to one side, keeping their order.
 
@@ -84,22 +61,6 @@ def pack(mask: Tensor, *tensors: Tensor, side: str = "left") -> tuple[Tensor, ..
     # A stable sort of the 0/1 mask moves padding to one end and keeps real tokens in their order.
     order = mask.long().argsort(dim=1, stable=True, descending=side == "right")  # (B, N)
     return tuple(_gather_rows(t, order) for t in (mask, *tensors))
-
-
-def mean_merge(embeds: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Training-free merge: the mean of every ``k`` consecutive real embeddings, padding excluded.
-
-    Args:
-        embeds: (B, N, C) right-padded embeddings.
-        mask: (B, N) 1 on real tokens.
-        k: block length.
-
-    Returns:
-        (merged, merged_mask): (B, ceil(N/k), C) block means and (B, ceil(N/k)) 1 where a block holds a
-        real token.
-    """
-    merged, weight = block_merge(embeds, k, mask)
-    return merged, (weight > 0).to(mask.dtype)
 
 
 def compress_prompt(
@@ -131,8 +92,9 @@ def compress_prompt(
 
     Raises:
         TypeError: ``k`` is not an int.
-        ValueError: ``k`` below 1 or larger than a prompt's context, an encoder whose block length or
-            hidden size does not match, or an unknown padding side.
+        ValueError: ``k`` below 1 or larger than a prompt's context, an empty batch or a context without
+            any real token, an encoder whose block length or hidden size does not match, or an unknown
+            padding side.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)

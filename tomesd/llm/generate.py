@@ -15,8 +15,9 @@ from torch import Tensor
 
 from .compress import compress_prompt
 from .encoder import KTokenEncoder
+from .tokens import tokenize_prompts
 
-__all__ = ["generate_compressed", "generate_text", "pad_sequences", "tokenize_prompts"]
+__all__ = ["generate_compressed", "generate_text"]
 
 
 @torch.no_grad()
@@ -78,6 +79,11 @@ def generate_text(
 
     Returns:
         One decoded string of new tokens per prompt (special tokens skipped).
+
+    Raises:
+        ValueError: no context, an empty question, as many questions as contexts not given, or as
+            :func:`tomesd.llm.compress.compress_prompt` (e.g. a context shorter than ``k``).
+        TypeError: as :func:`tomesd.llm.compress.compress_prompt`.
     """
     encoded = tokenize_prompts(tokenizer, context, question)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -94,38 +100,3 @@ def generate_text(
         **generate_kwargs,
     )
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-
-
-def tokenize_prompts(
-    tokenizer: Any, context: str | Sequence[str], question: str | Sequence[str] | None = None
-) -> dict[str, Tensor]:
-    """Tokenize contexts (with the tokenizer's special tokens, e.g. a BOS) and questions (without), padded.
-
-    Returns:
-        ``input_ids`` and ``attention_mask`` (B, N) for the contexts, plus ``tail_ids`` and ``tail_mask``
-        (B, T) when questions are given.
-
-    Raises:
-        ValueError: the numbers of contexts and questions differ.
-    """
-    contexts = [context] if isinstance(context, str) else list(context)
-    encoded = dict(zip(("input_ids", "attention_mask"), pad_sequences(tokenizer(contexts)["input_ids"])))
-    if question is not None:
-        questions = [question] if isinstance(question, str) else list(question)
-        if len(questions) != len(contexts):
-            raise ValueError(f"got {len(contexts)} context(s) but {len(questions)} question(s); give one per context")
-        tail = tokenizer(questions, add_special_tokens=False)["input_ids"]
-        encoded["tail_ids"], encoded["tail_mask"] = pad_sequences(tail)
-    return encoded
-
-
-def pad_sequences(sequences: Sequence[Sequence[int]], value: int = 0) -> tuple[Tensor, Tensor]:
-    """Right-pad lists of ids (or labels) with ``value`` into (B, N) and the (B, N) mask of real entries.
-
-    Padding here, not in the tokenizer, works for tokenizers without a pad token (e.g. Llama's); the pad
-    value never reaches the model, since the mask excludes it.
-    """
-    width = max(map(len, sequences))
-    ids = torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
-    return ids, mask

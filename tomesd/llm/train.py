@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from .compress import IGNORE_INDEX, compress_prompt
 from .encoder import KTokenEncoder
-from .generate import generate_text, pad_sequences, tokenize_prompts
+from .generate import generate_text
+from .tokens import pad_sequences, tokenize_prompts
 from .task import QAExample
 
 __all__ = [
@@ -43,7 +44,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def encode_training_batch(tokenizer: Any, examples: Sequence[QAExample]) -> dict[str, Tensor]:
-    """Token tensors for :func:`answer_loss`: contexts as :func:`~tomesd.llm.generate.tokenize_prompts`
+    """Token tensors for :func:`answer_loss`: contexts as :func:`~tomesd.llm.tokens.tokenize_prompts`
     makes them, and tails ``question answer <eos>`` right-padded, labelled on ``answer <eos>`` only (one such
     turn per question of the example, follow-ups included)."""
     batch = tokenize_prompts(tokenizer, [e.context for e in examples])

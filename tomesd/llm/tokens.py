@@ -1,0 +1,68 @@
+"""Tokenizing prompts for K-token merging: contexts and questions as padded id tensors.
+
+Generation (:mod:`tomesd.llm.generate`) and training (:mod:`tomesd.llm.train`) both start here. Padding
+is done here, not by the tokenizer, so tokenizers without a pad token (e.g. Llama's) work too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["pad_sequences", "tokenize_prompts"]
+
+
+def tokenize_prompts(
+    tokenizer: Any, context: str | Sequence[str], question: str | Sequence[str] | None = None
+) -> dict[str, Tensor]:
+    """Tokenize contexts (with the tokenizer's special tokens, e.g. a BOS) and questions (without), padded.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        context: one context or a list of them (the part that gets compressed).
+        question: one question per context (kept uncompressed), or ``None`` for none.
+
+    Returns:
+        ``input_ids`` and ``attention_mask`` (B, N) for the contexts, plus ``tail_ids`` and ``tail_mask``
+        (B, T) when questions are given.
+
+    Raises:
+        ValueError: no context; the numbers of contexts and questions differ; a question that tokenizes
+            to nothing (pass ``question=None`` to keep no tail).
+    """
+    contexts = [context] if isinstance(context, str) else list(context)
+    if not contexts:
+        raise ValueError("no context given: pass a string or a non-empty list of strings")
+    encoded = dict(zip(("input_ids", "attention_mask"), pad_sequences(tokenizer(contexts)["input_ids"])))
+    if question is not None:
+        questions = [question] if isinstance(question, str) else list(question)
+        if len(questions) != len(contexts):
+            raise ValueError(f"got {len(contexts)} context(s) but {len(questions)} question(s); give one per context")
+        tail = tokenizer(questions, add_special_tokens=False)["input_ids"]
+        empty = [i for i, ids in enumerate(tail) if not ids]
+        if empty:
+            raise ValueError(
+                f"question {empty[0]} ({questions[empty[0]]!r}) has no tokens; pass a non-empty question, "
+                f"or question=None to keep nothing uncompressed after the context"
+            )
+        encoded["tail_ids"], encoded["tail_mask"] = pad_sequences(tail)
+    return encoded
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], value: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad lists of ids (or labels) with ``value`` into (B, N) and the (B, N) mask of real entries.
+
+    The pad value never reaches the model, since the mask excludes it. Both tensors are int64 (also when
+    every sequence is empty, where ``torch.tensor`` alone would make floats).
+
+    Raises:
+        ValueError: no sequence at all.
+    """
+    if not sequences:
+        raise ValueError("no sequence to pad: pass at least one")
+    width = max(map(len, sequences))
+    ids = torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], dtype=torch.long)
+    return ids, mask
