@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.llm_models import HIDDEN, padded_batch, tiny_llama, tiny_qwen
+from tests.llm_models import HIDDEN, padded_batch, tiny_gemma3, tiny_llama, tiny_qwen
 from tomesd.llm import KTokenEncoder, compress_prompt, mean_merge
 from tomesd.llm.compress import IGNORE_INDEX, pack
 
@@ -59,7 +59,7 @@ def test_batch_padding_does_not_change_a_prompt(side, out_side):
         assert (batch.attention_mask[:, 0] == 1).all()
 
 
-@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama])
+@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama, tiny_gemma3])
 def test_padded_batch_gives_the_same_next_token_logits(make_model):
     """Masks and positions are right: a left-padded compressed batch predicts what each prompt predicts alone."""
     model = make_model()

@@ -1,7 +1,8 @@
 """Prompt compression in embedding space: every ``k`` consecutive context embeddings become one.
 
-A prompt is split into a *context* (the long part, compressed) and an optional *tail* (kept token by
-token, e.g. the question after a long document). Batches may be left- or right-padded; each sample's
+A prompt is split into an optional *head* (kept token by token: the tokenizer's BOS, which models such
+as Gemma rely on as the first position, and any fixed prefix), a *context* (the long part, compressed)
+and an optional *tail* (kept token by token, e.g. the question after a long document). Batches may be left- or right-padded; each sample's
 context is compressed from its first real token, so its result does not depend on how much padding the
 batch needed. The compressed context and the tail are then packed into one padded sequence with its
 attention mask and positions (merged tokens take one position each), ready for a causal LM's
@@ -73,6 +74,7 @@ def compress_prompt(
     tail_labels: Tensor | None = None,
     encoder: KTokenEncoder | None = None,
     padding_side: str = "left",
+    head_ids: Tensor | None = None,
 ) -> CompressedPrompt:
     """Embed a batch of prompts with ``model``'s input embeddings and compress their context.
 
@@ -86,6 +88,8 @@ def compress_prompt(
         tail_labels: (B, T) training labels for the tail (``-100`` where no loss is wanted), or ``None``.
         encoder: a trained :class:`~tomesd.llm.encoder.KTokenEncoder`; ``None`` merges by the mean.
         padding_side: where the result's padding goes: ``"left"`` for generation, ``"right"`` for training.
+        head_ids: (B, H) or (1, H) token ids kept uncompressed before the context, the same length in every
+            row (e.g. the BOS), or ``None``.
 
     Returns:
         The :class:`CompressedPrompt`.
@@ -107,7 +111,11 @@ def compress_prompt(
 
     merged, merged_mask = _merge_context(embedding, input_ids, attention_mask, k, encoder)  # (B, M, C), (B, M)
     parts_embeds, parts_mask = [merged], [merged_mask]
-    labels = [torch.full_like(merged_mask, IGNORE_INDEX, dtype=torch.long)]
+    if head_ids is not None:
+        head_ids = head_ids.expand(merged.shape[0], -1)  # (B, H)
+        parts_embeds.insert(0, embedding(head_ids))  # (B, H, C)
+        parts_mask.insert(0, torch.ones_like(head_ids, dtype=merged_mask.dtype))
+    labels = [torch.full(m.shape, IGNORE_INDEX, dtype=torch.long, device=m.device) for m in parts_mask]
     if tail_ids is not None:
         tail_mask = torch.ones_like(tail_ids) if tail_mask is None else tail_mask
         parts_embeds.append(embedding(tail_ids))  # (B, T, C)

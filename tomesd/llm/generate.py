@@ -29,6 +29,7 @@ def generate_compressed(
     tail_ids: Tensor | None = None,
     tail_mask: Tensor | None = None,
     encoder: KTokenEncoder | None = None,
+    head_ids: Tensor | None = None,
     **generate_kwargs: Any,
 ) -> Tensor:
     """Compress a batch of prompts and generate their continuations.
@@ -41,6 +42,7 @@ def generate_compressed(
         tail_ids: (B, T) token ids kept uncompressed after the context (the question), or ``None``.
         tail_mask: (B, T) 1 on real tail tokens; ``None`` means no padding.
         encoder: a trained K-token encoder; ``None`` merges by the mean (training-free).
+        head_ids: (1, H) or (B, H) token ids kept uncompressed before the context (e.g. the BOS), or ``None``.
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``, ...).
 
     Returns:
@@ -50,7 +52,8 @@ def generate_compressed(
         TypeError, ValueError: as :func:`tomesd.llm.compress.compress_prompt`.
     """
     prompt = compress_prompt(
-        model, input_ids, k, attention_mask, tail_ids, tail_mask, encoder=encoder, padding_side="left"
+        model, input_ids, k, attention_mask, tail_ids, tail_mask, encoder=encoder, padding_side="left",
+        head_ids=head_ids,
     )
     return model.generate(inputs_embeds=prompt.inputs_embeds, attention_mask=prompt.attention_mask, **generate_kwargs)
 
@@ -63,6 +66,7 @@ def generate_text(
     k: int = 4,
     encoder: KTokenEncoder | None = None,
     max_new_tokens: int = 32,
+    head: str | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Compress ``context`` by ``k``, keep ``question`` uncompressed after it, and decode the answers.
@@ -75,6 +79,8 @@ def generate_text(
         k: block length (``k=1``: uncompressed).
         encoder: a trained K-token encoder; ``None`` merges by the mean.
         max_new_tokens: generation budget.
+        head: text kept uncompressed before every context (after the tokenizer's BOS, which is always kept
+            uncompressed), e.g. a chat template's opening; ``None`` for none.
         **generate_kwargs: passed to ``model.generate``.
 
     Returns:
@@ -85,7 +91,7 @@ def generate_text(
             :func:`tomesd.llm.compress.compress_prompt` (e.g. a context shorter than ``k``).
         TypeError: as :func:`tomesd.llm.compress.compress_prompt`.
     """
-    encoded = tokenize_prompts(tokenizer, context, question)
+    encoded = tokenize_prompts(tokenizer, context, question, head)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     generate_kwargs.setdefault("pad_token_id", pad_id)
     new_tokens = generate_compressed(
@@ -96,6 +102,7 @@ def generate_text(
         encoded.get("tail_ids"),
         encoded.get("tail_mask"),
         encoder=encoder,
+        head_ids=encoded.get("head_ids"),
         max_new_tokens=max_new_tokens,
         **generate_kwargs,
     )

@@ -11,22 +11,40 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["pad_sequences", "tokenize_prompts"]
+__all__ = ["pad_sequences", "special_prefix", "tokenize_prompts"]
+
+
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The special token ids ``tokenizer`` puts before any text (e.g. ``[bos]``), ``[]`` when none."""
+    full = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
 
 
 def tokenize_prompts(
-    tokenizer: Any, context: str | Sequence[str], question: str | Sequence[str] | None = None
+    tokenizer: Any,
+    context: str | Sequence[str],
+    question: str | Sequence[str] | None = None,
+    head: str | None = None,
 ) -> dict[str, Tensor]:
-    """Tokenize contexts (with the tokenizer's special tokens, e.g. a BOS) and questions (without), padded.
+    """Tokenize prompts as head (kept), contexts (to compress) and questions (kept), padded.
+
+    The tokenizer's special prefix (its BOS, if it adds one) goes into the head, never into the
+    compressed context: a model such as Gemma expects its BOS alone in the first position.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
         context: one context or a list of them (the part that gets compressed).
         question: one question per context (kept uncompressed), or ``None`` for none.
+        head: text kept uncompressed before every context, after the special prefix (e.g. a chat
+            template's opening), or ``None``.
 
     Returns:
-        ``input_ids`` and ``attention_mask`` (B, N) for the contexts, plus ``tail_ids`` and ``tail_mask``
-        (B, T) when questions are given.
+        ``input_ids`` and ``attention_mask`` (B, N) for the contexts; ``head_ids`` (1, H) when the head is
+        not empty; ``tail_ids`` and ``tail_mask`` (B, T) when questions are given.
 
     Raises:
         ValueError: no context; the numbers of contexts and questions differ; a question that tokenizes
@@ -35,7 +53,13 @@ def tokenize_prompts(
     contexts = [context] if isinstance(context, str) else list(context)
     if not contexts:
         raise ValueError("no context given: pass a string or a non-empty list of strings")
-    encoded = dict(zip(("input_ids", "attention_mask"), pad_sequences(tokenizer(contexts)["input_ids"])))
+    context_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
+    encoded = dict(zip(("input_ids", "attention_mask"), pad_sequences(context_ids)))
+    head_ids = special_prefix(tokenizer)
+    if head:
+        head_ids += tokenizer(head, add_special_tokens=False)["input_ids"]
+    if head_ids:
+        encoded["head_ids"] = torch.tensor([head_ids], dtype=torch.long)
     if question is not None:
         questions = [question] if isinstance(question, str) else list(question)
         if len(questions) != len(contexts):

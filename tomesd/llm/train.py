@@ -75,6 +75,7 @@ def answer_loss(model: Any, batch: dict[str, Tensor], k: int, encoder: KTokenEnc
         batch["tail_labels"],
         encoder=encoder,
         padding_side="right",
+        head_ids=batch.get("head_ids"),
     )
     out = model(
         inputs_embeds=prompt.inputs_embeds,
