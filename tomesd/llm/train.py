@@ -12,7 +12,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import random
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 ENCODER_FILE = "encoder.safetensors"
+TRAIN_STATE_FILE = "train_state.pt"
 LORA_DIR = "lora"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -133,42 +136,122 @@ def train(
     encoder: KTokenEncoder | None = None,
     warmup_steps: int = 50,
     desc: str = "train",
+    resume_dir: str | Path | None = None,
+    save_every_minutes: float = 5.0,
+    stop_after: int | None = None,
+    deadline: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> list[float]:
     """Train every parameter of ``model`` and ``encoder`` that requires grad with AdamW.
 
     The learning rate warms up linearly for ``warmup_steps`` then follows a cosine to 0; gradients are
     clipped at norm 1. Wrap ``model`` with :func:`add_lora` first to train adapters only.
 
+    With ``resume_dir``, the run is resumable: every ``save_every_minutes``, when it stops early and at the
+    end, it saves its state (trainable weights, optimizer, schedule, sampling state, losses) to
+    ``resume_dir/train_state.pt`` atomically, and a call with the same arguments continues from there. A
+    run resumed any number of times takes the same steps as one run straight through.
+
+    Args:
+        stop_after: end this call after this many steps of it (the state is saved), or ``None``.
+        deadline: end this call at the first step boundary after this ``time.time()``, or ``None``.
+        autocast_dtype: e.g. ``torch.bfloat16``: run the forward under CPU/CUDA autocast; ``None``: off.
+
     Returns:
-        The loss of every step.
+        The loss of every step done so far (earlier runs' included): ``len(...) == steps`` once finished.
+
+    Raises:
+        ValueError: nothing to train, or a saved state of another run (other ``k``, ``steps`` or parameters).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if encoder is not None:
-        params += [p for p in encoder.parameters() if p.requires_grad]
+    params = _trainable(model, encoder)
     if not params:
         raise ValueError("nothing to train: no parameter of the model or encoder requires grad")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, steps))
+    state_path = Path(resume_dir) / TRAIN_STATE_FILE if resume_dir is not None else None
+    losses: list[float] = []
+    if state_path is not None and state_path.is_file():
+        losses = _load_train_state(state_path, params, optimizer, schedule, curriculum, k, steps)
     model.train()
     if encoder is not None:
         encoder.train()
-    losses = []
-    bar = tqdm(range(steps), desc=desc)
+    device = next(iter(params.values())).device
+    saved_at, first = time.monotonic(), len(losses)
+    bar = tqdm(range(first, steps), desc=desc, initial=first, total=steps)
     for step in bar:
         batch = encode_training_batch(tokenizer, curriculum.batch(step, batch_size))
-        loss = answer_loss(model, batch, k, encoder)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = answer_loss(model, batch, k, encoder)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        stopping = (stop_after is not None and step + 1 - first >= stop_after) or (
+            deadline is not None and time.time() >= deadline
+        )
+        if state_path is not None and (
+            stopping or step + 1 == steps or time.monotonic() - saved_at >= 60 * save_every_minutes
+        ):
+            _save_train_state(state_path, params, optimizer, schedule, curriculum, k, steps, losses)
+            saved_at = time.monotonic()
+        if stopping:
+            break
+    bar.close()
     model.eval()
     if encoder is not None:
         encoder.eval()
     return losses
+
+
+def _trainable(model: Any, encoder: KTokenEncoder | None) -> dict[str, Tensor]:
+    """name -> parameter for everything that trains, the model's under ``model.``, the encoder's under ``encoder.``."""
+    params = {f"model.{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    if encoder is not None:
+        params.update({f"encoder.{n}": p for n, p in encoder.named_parameters() if p.requires_grad})
+    return params
+
+
+def _save_train_state(
+    path: Path, params: dict[str, Tensor], optimizer: Any, schedule: Any, curriculum: LengthCurriculum,
+    k: int, steps: int, losses: list[float],
+) -> None:
+    """Write the training state to ``path`` under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    version, internal, gauss = curriculum.rng.getstate()
+    state = {
+        "k": k, "steps": steps, "losses": list(losses), "names": list(params),
+        "weights": {name: p.detach().clone() for name, p in params.items()},
+        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "rng": [version, list(internal), gauss],
+    }
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def _load_train_state(
+    path: Path, params: dict[str, Tensor], optimizer: Any, schedule: Any, curriculum: LengthCurriculum,
+    k: int, steps: int,
+) -> list[float]:
+    """Restore a state saved by :func:`_save_train_state` into the given objects; returns its losses."""
+    state = torch.load(path, weights_only=True)
+    if (state["k"], state["steps"], state["names"]) != (k, steps, list(params)):
+        raise ValueError(
+            f"{path} holds a run with k={state['k']}, steps={state['steps']} and {len(state['names'])} trained "
+            f"tensors, not k={k}, steps={steps} with {len(params)}; use another resume directory or remove it"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state["weights"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    version, internal, gauss = state["rng"]
+    curriculum.rng.setstate((version, tuple(internal), gauss))
+    return list(state["losses"])
 
 
 def _lr_factor(step: int, warmup_steps: int, steps: int) -> float:
