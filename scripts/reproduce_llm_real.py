@@ -27,13 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from tomesd.llm import KTokenEncoder
 from tomesd.llm.task import parent_guess_accuracy, tree_examples
-from tomesd.llm.train import LORA_DIR, LengthCurriculum, accuracy, add_lora, load_checkpoint, save_checkpoint, train
+from tomesd.llm.train import DONE_FILE, LORA_DIR, StageOptions, accuracy, load_checkpoint, train_stage
 from tomesd.llm.weights import MODELS, load_model
 
 STAGES = ("k4", "k1", "eval")  # the trained K=4 first: a stopped session has it soonest
-DONE_FILE = "done.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,34 +71,11 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
             AutoTokenizer.from_pretrained(args.model))
 
 
-def train_stage(args: argparse.Namespace, base: Any, tokenizer: Any, k: int, deadline: float | None) -> bool:
-    """Train LoRA (and at ``k > 1`` the encoder) into ``--work/k{k}``; returns whether the stage is done."""
-    directory = Path(args.work) / f"k{k}"
-    if (directory / DONE_FILE).is_file():
-        return True
-    training = tree_examples(args.train_trees, *args.nodes, seed=args.seed, questions=args.questions)
-    lengths = [len(ids) for ids in tokenizer([e.context for e in training], add_special_tokens=False)["input_ids"]]
-    curriculum = LengthCurriculum(training, lengths, max(lengths), 0, seed=args.seed)
-    torch.manual_seed(args.seed)
-    encoder = KTokenEncoder(base.get_input_embeddings().embedding_dim, k) if k > 1 else None
-    model = add_lora(base, rank=args.lora_rank, alpha=2 * args.lora_rank)
-    began = time.perf_counter()
-    losses = train(model, tokenizer, curriculum, k, args.steps, args.batch_size, args.lr, encoder,
-                   warmup_steps=args.warmup, desc=f"LoRA{' + encoder' if encoder else ''} K={k}",
-                   resume_dir=directory, save_every_minutes=args.save_every, deadline=deadline,
-                   autocast_dtype=torch.bfloat16 if args.bf16 else None)
-    _append_run(directory, began, len(losses))
-    done = len(losses) == args.steps
-    if done:
-        if encoder is not None:
-            save_checkpoint(directory, encoder, model)
-        else:
-            model.save_pretrained(directory / LORA_DIR, safe_serialization=True)
-        minutes = sum(run["minutes"] for run in _runs(directory))
-        summary = {"k": k, "steps": args.steps, "train_minutes": minutes, "losses": losses}
-        (directory / DONE_FILE).write_text(json.dumps(summary))
-    model.unload()  # the base model without adapters again, for the next stage
-    return done
+def stage_options(args: argparse.Namespace, **changes: Any) -> StageOptions:
+    """The training options of ``args``."""
+    return StageOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                        lora_rank=args.lora_rank, seed=args.seed, save_every_minutes=args.save_every,
+                        autocast_dtype=torch.bfloat16 if args.bf16 else None, **changes)
 
 
 def evaluate(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[str, Any]:
@@ -135,16 +110,6 @@ def evaluate(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[str, A
     return result
 
 
-def _append_run(directory: Path, began: float, steps_done: int) -> None:
-    """Log one call's wall time (a resumed stage's time is the sum of its calls)."""
-    with open(directory / "runs.jsonl", "a") as f:
-        f.write(json.dumps({"minutes": (time.perf_counter() - began) / 60, "steps_done": steps_done}) + "\n")
-
-
-def _runs(directory: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (directory / "runs.jsonl").read_text().splitlines() if line.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -152,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     base, tokenizer = load(args)
     if args.grad_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    training = tree_examples(args.train_trees, *args.nodes, seed=args.seed, questions=args.questions)
     for stage in args.stages:
         if stage == "eval":
             evaluate(args, base, tokenizer)
-        elif not train_stage(args, base, tokenizer, 1 if stage == "k1" else args.k, deadline):
+            continue
+        k = 1 if stage == "k1" else args.k
+        if train_stage(base, tokenizer, training, k, Path(args.work) / f"k{k}", stage_options(args), deadline) is None:
             print(f"stopped during stage {stage}; run the same command again to continue")
             return 3
     return 0

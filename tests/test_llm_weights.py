@@ -57,6 +57,7 @@ def test_assemble_joins_the_pieces_verified_and_reuses_the_cache(tmp_path, monke
     assert path.read_bytes() == b"".join(f.read_bytes() for f in files)
     assert gguf_architecture(path) == "qwen2"
     assert os.listdir(cache) == ["fake.gguf"]  # no temporary left behind
+    assert path.stat().st_mode & 0o777 == 0o644
     stamp = path.stat().st_mtime_ns
     assert assemble(spec, cache) == path and path.stat().st_mtime_ns == stamp  # cached: not rewritten
 

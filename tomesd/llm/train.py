@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +32,7 @@ from .task import QAExample
 
 __all__ = [
     "LengthCurriculum",
+    "StageOptions",
     "accuracy",
     "add_lora",
     "answer_loss",
@@ -38,25 +40,32 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "train",
+    "train_stage",
 ]
 
 ENCODER_FILE = "encoder.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
+DONE_FILE = "done.json"
+RUNS_FILE = "runs.jsonl"
 LORA_DIR = "lora"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def encode_training_batch(tokenizer: Any, examples: Sequence[QAExample]) -> dict[str, Tensor]:
+def encode_training_batch(
+    tokenizer: Any, examples: Sequence[QAExample], answer_eos: bool = True
+) -> dict[str, Tensor]:
     """Token tensors for :func:`answer_loss`: contexts as :func:`~tomesd.llm.tokens.tokenize_prompts`
     makes them, and tails ``question answer <eos>`` right-padded, labelled on ``answer <eos>`` only (one such
-    turn per question of the example, follow-ups included)."""
+    turn per question of the example, follow-ups included). ``answer_eos=False`` leaves the ``<eos>`` out
+    (for continuations, such as the next line of a source file, that do not end the text)."""
     batch = tokenize_prompts(tokenizer, [e.context for e in examples])
+    eos = [tokenizer.eos_token_id] if answer_eos else []
     tails, labels = [], []
     for example in examples:
         tail, label = [], []
         for question_text, answer_text in example.turns():
             question = tokenizer(question_text, add_special_tokens=False)["input_ids"]
-            answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"] + eos
             tail += question + answer
             label += [IGNORE_INDEX] * len(question) + answer
         tails.append(tail)
@@ -141,6 +150,7 @@ def train(
     stop_after: int | None = None,
     deadline: float | None = None,
     autocast_dtype: torch.dtype | None = None,
+    answer_eos: bool = True,
 ) -> list[float]:
     """Train every parameter of ``model`` and ``encoder`` that requires grad with AdamW.
 
@@ -156,6 +166,7 @@ def train(
         stop_after: end this call after this many steps of it (the state is saved), or ``None``.
         deadline: end this call at the first step boundary after this ``time.time()``, or ``None``.
         autocast_dtype: e.g. ``torch.bfloat16``: run the forward under CPU/CUDA autocast; ``None``: off.
+        answer_eos: label an end of sequence after each answer (see :func:`encode_training_batch`).
 
     Returns:
         The loss of every step done so far (earlier runs' included): ``len(...) == steps`` once finished.
@@ -179,7 +190,7 @@ def train(
     saved_at, first = time.monotonic(), len(losses)
     bar = tqdm(range(first, steps), desc=desc, initial=first, total=steps)
     for step in bar:
-        batch = encode_training_batch(tokenizer, curriculum.batch(step, batch_size))
+        batch = encode_training_batch(tokenizer, curriculum.batch(step, batch_size), answer_eos)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             loss = answer_loss(model, batch, k, encoder)
         optimizer.zero_grad(set_to_none=True)
@@ -205,6 +216,70 @@ def train(
     if encoder is not None:
         encoder.eval()
     return losses
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How :func:`train_stage` trains: the :func:`train` arguments, LoRA's rank, the seed and the checkpointing."""
+
+    steps: int = 200
+    batch_size: int = 2
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    lora_rank: int = 8
+    seed: int = 0
+    save_every_minutes: float = 5.0
+    autocast_dtype: torch.dtype | None = None
+    answer_eos: bool = True
+
+
+def train_stage(
+    base: Any,
+    tokenizer: Any,
+    examples: Sequence[QAExample],
+    k: int,
+    directory: str | Path,
+    options: StageOptions,
+    deadline: float | None = None,
+) -> dict[str, Any] | None:
+    """One resumable training stage: LoRA adapters on ``base`` (and at ``k > 1`` a K-token encoder) into ``directory``.
+
+    A call continues where an earlier one stopped (``directory/train_state.pt``) and ends at ``deadline``
+    (a ``time.time()``) or when done. Once done, the directory holds the checkpoint (:func:`save_checkpoint`
+    at ``k > 1``, the LoRA adapter alone in ``lora/`` at ``k=1``) and ``done.json``; later calls return
+    its summary at once. ``base`` is left without adapters in every case.
+
+    Returns:
+        The summary (``k``, ``steps``, ``train_minutes`` summed over the calls, ``losses``) once done, else ``None``.
+    """
+    directory = Path(directory)
+    if (directory / DONE_FILE).is_file():
+        return json.loads((directory / DONE_FILE).read_text())
+    lengths = [len(ids) for ids in tokenizer([e.context for e in examples], add_special_tokens=False)["input_ids"]]
+    curriculum = LengthCurriculum(examples, lengths, max(lengths), 0, seed=options.seed)
+    torch.manual_seed(options.seed)
+    encoder = KTokenEncoder(base.get_input_embeddings().embedding_dim, k) if k > 1 else None
+    model = add_lora(base, rank=options.lora_rank, alpha=2 * options.lora_rank)
+    began = time.perf_counter()
+    try:
+        losses = train(model, tokenizer, curriculum, k, options.steps, options.batch_size, options.lr, encoder,
+                       warmup_steps=options.warmup_steps, desc=f"LoRA{' + encoder' if encoder else ''} K={k}",
+                       resume_dir=directory, save_every_minutes=options.save_every_minutes, deadline=deadline,
+                       autocast_dtype=options.autocast_dtype, answer_eos=options.answer_eos)
+        with open(directory / RUNS_FILE, "a") as f:  # a resumed stage's wall time is the sum of its calls
+            f.write(json.dumps({"minutes": (time.perf_counter() - began) / 60, "steps_done": len(losses)}) + "\n")
+        if len(losses) < options.steps:
+            return None
+        if encoder is not None:
+            save_checkpoint(directory, encoder, model)
+        else:
+            model.save_pretrained(directory / LORA_DIR, safe_serialization=True)
+    finally:
+        model.unload()  # the base model without adapters again
+    runs = [json.loads(line) for line in (directory / RUNS_FILE).read_text().splitlines() if line.strip()]
+    summary = {"k": k, "steps": options.steps, "train_minutes": sum(r["minutes"] for r in runs), "losses": losses}
+    (directory / DONE_FILE).write_text(json.dumps(summary))
+    return summary
 
 
 def _trainable(model: Any, encoder: KTokenEncoder | None) -> dict[str, Tensor]:

@@ -211,6 +211,7 @@ def assemble(model: str | WeightsSpec, cache_dir: str | Path | None = None) -> P
         check_architecture(architecture, spec.file_name)
         if architecture != spec.architecture:
             raise ValueError(f"{spec.file_name}: GGUF architecture {architecture!r}, expected {spec.architecture!r}")
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the cache is readable like any downloaded file
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
