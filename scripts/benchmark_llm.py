@@ -77,13 +77,7 @@ def build(args: argparse.Namespace) -> tuple[Any, torch.Tensor, torch.Tensor, st
         ids = torch.randint(0, config.vocab_size, (1, args.context + args.tail))
         return Qwen2ForCausalLM(config).eval(), ids[:, : args.context], ids[:, args.context :], (
             f"Qwen2.5-0.5B architecture ({args.layers} layers), random weights, random token ids")
-    if args.weights in MODELS:
-        model, tokenizer = load_model(args.weights)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(args.weights, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(args.weights)
+    model, tokenizer = load_model(args.weights)
     ids = tokenizer(inspect.getsource(argparse), add_special_tokens=False, return_tensors="pt")["input_ids"]
     if ids.shape[1] < args.context + args.tail:
         raise ValueError(f"the text has {ids.shape[1]} tokens, fewer than --context + --tail")

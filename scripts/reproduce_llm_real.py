@@ -61,16 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model (float32, eval mode) and its tokenizer: a known GGUF model or a local folder."""
-    if args.model in MODELS:
-        return load_model(args.model)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return (AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(args.model))
-
-
 def stage_options(args: argparse.Namespace, **changes: Any) -> StageOptions:
     """The training options of ``args``."""
     return StageOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
@@ -114,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     deadline = time.time() + 60 * args.stop_after_minutes if args.stop_after_minutes is not None else None
-    base, tokenizer = load(args)
+    base, tokenizer = load_model(args.model)
     if args.grad_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     training = tree_examples(args.train_trees, *args.nodes, seed=args.seed, questions=args.questions)

@@ -111,7 +111,7 @@ def _spec(model: str | WeightsSpec) -> WeightsSpec:
     if isinstance(model, WeightsSpec):
         return model
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)} (or pass a local model folder)")
     return MODELS[model]
 
 
@@ -242,27 +242,33 @@ def check_inputs_embeds(model: Any) -> None:
 
 
 def load_model(
-    model: str | WeightsSpec, cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32
+    model: str | Path | WeightsSpec, cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[Any, Any]:
-    """Assemble (if needed) and load a model of :data:`MODELS` and its tokenizer, offline.
+    """Load a model of :data:`MODELS` (assembled first if needed), or a local Hugging Face folder, offline.
 
     Args:
-        model: a name of :data:`MODELS` or a :class:`WeightsSpec`.
-        cache_dir: where the assembled file is kept; default :func:`default_cache_dir`.
-        dtype: the dtype the 4-bit weights are dequantized to.
+        model: a name of :data:`MODELS`, a :class:`WeightsSpec`, or the path of a local model folder (with
+            its tokenizer).
+        cache_dir: where an assembled file is kept; default :func:`default_cache_dir`.
+        dtype: the dtype the weights are loaded (GGUF: dequantized) to.
 
     Returns:
         (model in eval mode, tokenizer).
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`assemble` and :func:`check_inputs_embeds`.
+        FileNotFoundError, ValueError: as :func:`assemble` and :func:`check_inputs_embeds`; a name that is
+            neither a known model nor a folder.
         ImportError: ``gguf`` is missing.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = assemble(model, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    if not isinstance(model, WeightsSpec) and model not in MODELS and Path(model).is_dir():
+        folder, options = Path(model), {}
+    else:
+        path = assemble(model, cache_dir)
+        folder, options = path.parent, {"gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **options)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **options).eval()
     check_inputs_embeds(lm)
     return lm, tokenizer
 
