@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from tests.llm_models import tiny_qwen
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
-from tomesd.llm.train import load_checkpoint
+from tomesd.llm import KTokenEncoder
+from tomesd.llm.train import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +65,25 @@ def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path)
     assert len(json.loads((work / "k4" / "done.json").read_text())["losses"]) == 3
     assert [run["steps_done"] for run in map(json.loads, (work / "k4" / "runs.jsonl").read_text().splitlines())] == [1, 3]
     assert (report / "llm_real_tree_model.md").read_text().startswith("| setting |")
+
+
+def test_examples_script_with_a_chat_template_and_a_trained_encoder(tmp_path):
+    tokenizer = build_tree_tokenizer()
+    # A chat template of the Qwen kind: an opening before the user's text, a closing after it.
+    tokenizer.chat_template = "who is {% for m in messages %}{{ m['content'] }}{% endfor %} ? the"
+    model_dir, encoder_dir, out = tmp_path / "model", tmp_path / "k4", tmp_path / "examples.md"
+    model = tiny_qwen(vocab=len(tokenizer))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    save_checkpoint(encoder_dir, KTokenEncoder(model.config.hidden_size, 4))
+    example = tree_examples(1, 6, 6, seed=0)[0]
+    done = _run([str(ROOT / "scripts" / "llm_examples.py"), "--model", str(model_dir), "--encoder-dir",
+                 str(encoder_dir), "--document", example.context, "--question", example.question,
+                 "--max-new-tokens", "2", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| uncompressed", "| K=2, mean", "| K=4, mean",
+                                                     "| K=4, trained encoder + LoRA"]
+    reloaded = AutoTokenizer.from_pretrained(model_dir)
+    tokens = len(reloaded(example.context, add_special_tokens=False)["input_ids"])
+    assert f"document: {tokens} tokens (compressed)" in out.read_text()
