@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,34 +40,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--context-lines", type=int, default=32)
     parser.add_argument("--tail-lines", type=int, default=4)
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--train-count", type=int, default=5000, help="training cuts drawn")
     parser.add_argument("--eval-count", type=int, default=100, help="held-out cuts")
     parser.add_argument("--eval-batch", type=int, default=8)
-    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
-    parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
-    parser.add_argument("--stop-after-minutes", type=float, default=None, help="end this call cleanly after that")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    StageOptions.add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    deadline = time.time() + 60 * args.stop_after_minutes if args.stop_after_minutes is not None else None
+    deadline = StageOptions.deadline(args)
     training_files, held_out_files = split_files(stdlib_files(args.stdlib), args.stdlib)
     shape = dict(context_lines=args.context_lines, tail_lines=args.tail_lines)
     base, tokenizer = load_model(args.model)
     directory = Path(args.work) / f"k{args.k}"
     if "train" in args.stages:
-        options = StageOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                               lora_rank=args.lora_rank, seed=args.seed, save_every_minutes=args.save_every,
-                               autocast_dtype=torch.bfloat16 if args.bf16 else None, answer_eos=False)
+        options = StageOptions.from_args(args, answer_eos=False)
         training = code_examples(training_files, args.train_count, seed=args.seed, **shape)
         if train_stage(base, tokenizer, training, args.k, directory, options, deadline) is None:
             print("stopped during stage train; run the same command again to continue")

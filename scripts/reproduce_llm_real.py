@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,29 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", default="samples", help="where the table and JSON go")
     parser.add_argument("--nodes", type=int, nargs=2, default=[8, 16], help="tree sizes (min max)")
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=250, help="training steps of each of k1 and k4")
-    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--questions", type=int, default=4, help="questions labelled per training tree")
     parser.add_argument("--train-trees", type=int, default=20000, help="training trees drawn (seed --seed)")
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--eval-count", type=int, default=200, help="held-out trees")
     parser.add_argument("--eval-batch", type=int, default=16)
-    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
-    parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
-    parser.add_argument("--stop-after-minutes", type=float, default=None, help="end this call cleanly after that")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    StageOptions.add_arguments(parser)
     return parser.parse_args(argv)
-
-
-def stage_options(args: argparse.Namespace, **changes: Any) -> StageOptions:
-    """The training options of ``args``."""
-    return StageOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                        lora_rank=args.lora_rank, seed=args.seed, save_every_minutes=args.save_every,
-                        autocast_dtype=torch.bfloat16 if args.bf16 else None, **changes)
 
 
 def evaluate(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[str, Any]:
@@ -103,7 +87,7 @@ def evaluate(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    deadline = time.time() + 60 * args.stop_after_minutes if args.stop_after_minutes is not None else None
+    deadline = StageOptions.deadline(args)
     base, tokenizer = load_model(args.model)
     if args.grad_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -113,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate(args, base, tokenizer)
             continue
         k = 1 if stage == "k1" else args.k
-        if train_stage(base, tokenizer, training, k, Path(args.work) / f"k{k}", stage_options(args), deadline) is None:
+        if train_stage(base, tokenizer, training, k, Path(args.work) / f"k{k}", StageOptions.from_args(args), deadline) is None:
             print(f"stopped during stage {stage}; run the same command again to continue")
             return 3
     return 0

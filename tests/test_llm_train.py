@@ -13,6 +13,7 @@ from tomesd.llm.compress import IGNORE_INDEX
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
 from tomesd.llm.train import (
     LengthCurriculum,
+    StageOptions,
     add_lora,
     answer_loss,
     encode_training_batch,
@@ -182,3 +183,25 @@ def test_bf16_autocast_trains(tokenizer):
     losses = train(model, tokenizer, curriculum, 2, steps=3, batch_size=2, encoder=encoder, warmup_steps=1,
                    autocast_dtype=torch.bfloat16)
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"lr": 0.0}, "lr > 0"),
+    ({"warmup_steps": -1}, "warmup_steps >= 0"),
+])
+def test_stage_options_are_checked(change, match):
+    with pytest.raises(ValueError, match=match):
+        StageOptions(**change)
+
+
+def test_stage_options_give_the_scripts_their_flags():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    StageOptions.add_arguments(parser)
+    assert StageOptions.from_args(parser.parse_args([])) == StageOptions()
+    options = StageOptions.from_args(parser.parse_args(["--steps", "7", "--bf16"]), answer_eos=False)
+    assert (options.steps, options.autocast_dtype, options.answer_eos) == (7, torch.bfloat16, False)
+    assert StageOptions.deadline(parser.parse_args([])) is None

@@ -220,7 +220,13 @@ def train(
 
 @dataclass(frozen=True)
 class StageOptions:
-    """How :func:`train_stage` trains: the :func:`train` arguments, LoRA's rank, the seed and the checkpointing."""
+    """How :func:`train_stage` trains: the :func:`train` arguments, LoRA's rank, the seed and the checkpointing.
+
+    The single source of these defaults, also for the scripts' flags (:meth:`add_arguments`).
+
+    Raises:
+        ValueError: a count below 1 (``warmup_steps`` below 0), or a learning rate or save interval <= 0.
+    """
 
     steps: int = 200
     batch_size: int = 2
@@ -231,6 +237,44 @@ class StageOptions:
     save_every_minutes: float = 5.0
     autocast_dtype: torch.dtype | None = None
     answer_eos: bool = True
+
+    def __post_init__(self) -> None:
+        counts = {"steps": self.steps, "batch_size": self.batch_size, "lora_rank": self.lora_rank}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.warmup_steps < 0 or self.lr <= 0 or self.save_every_minutes <= 0:
+            raise ValueError(f"need warmup_steps >= 0, lr > 0 and save_every_minutes > 0, got {self.warmup_steps}, "
+                             f"{self.lr} and {self.save_every_minutes}")
+
+    @classmethod
+    def add_arguments(cls, parser: Any) -> None:
+        """Add the options' flags (``--steps``, ``--batch-size``, ``--lr``, ``--warmup``, ``--lora-rank``,
+        ``--seed``, ``--save-every``, ``--bf16``) and ``--stop-after-minutes`` to an argparse parser."""
+        defaults = cls()
+        parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of each stage")
+        parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+        parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+        parser.add_argument("--warmup", type=int, default=defaults.warmup_steps, help="linear warm-up steps")
+        parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
+        parser.add_argument("--seed", type=int, default=defaults.seed)
+        parser.add_argument("--save-every", type=float, default=defaults.save_every_minutes,
+                            help="minutes between checkpoints")
+        parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+        parser.add_argument("--stop-after-minutes", type=float, default=None,
+                            help="end this call cleanly after that many minutes (run it again to continue)")
+
+    @classmethod
+    def from_args(cls, args: Any, **changes: Any) -> "StageOptions":
+        """The options of parsed :meth:`add_arguments` flags (``changes`` override fields)."""
+        return cls(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                   lora_rank=args.lora_rank, seed=args.seed, save_every_minutes=args.save_every,
+                   autocast_dtype=torch.bfloat16 if args.bf16 else None, **changes)
+
+    @staticmethod
+    def deadline(args: Any) -> float | None:
+        """The ``time.time()`` at which ``--stop-after-minutes`` ends this call, or ``None``."""
+        return None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
 
 
 def train_stage(
