@@ -131,3 +131,10 @@ def test_padding_only_context_says_what_to_pass():
 def test_empty_batch_says_what_to_pass():
     with pytest.raises(ValueError, match="the batch is empty; pass at least one context"):
         compress_prompt(tiny_qwen(), torch.zeros(0, 4, dtype=torch.long), 2)
+
+
+def test_head_ids_of_a_wrong_shape_are_refused():
+    ids, mask = padded_batch([6, 5], "right")
+    for head in (torch.tensor([2]), torch.tensor([[2], [2], [2]])):
+        with pytest.raises(ValueError, match=r"head_ids must be \(1, H\) or \(B=2, H\)"):
+            compress_prompt(tiny_qwen(), ids, 2, mask, head_ids=head)

@@ -97,8 +97,8 @@ def compress_prompt(
     Raises:
         TypeError: ``k`` is not an int.
         ValueError: ``k`` below 1 or larger than a prompt's context, an empty batch or a context without
-            any real token, an encoder whose block length or hidden size does not match, or an unknown
-            padding side.
+            any real token, an encoder whose block length or hidden size does not match, an unknown
+            padding side, or ``head_ids`` of another shape.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -112,6 +112,8 @@ def compress_prompt(
     merged, merged_mask = _merge_context(embedding, input_ids, attention_mask, k, encoder)  # (B, M, C), (B, M)
     parts_embeds, parts_mask = [merged], [merged_mask]
     if head_ids is not None:
+        if head_ids.dim() != 2 or head_ids.shape[0] not in (1, merged.shape[0]):
+            raise ValueError(f"head_ids must be (1, H) or (B={merged.shape[0]}, H), got shape {tuple(head_ids.shape)}")
         head_ids = head_ids.expand(merged.shape[0], -1)  # (B, H)
         parts_embeds.insert(0, embedding(head_ids))  # (B, H, C)
         parts_mask.insert(0, torch.ones_like(head_ids, dtype=merged_mask.dtype))
