@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
 from tomesd.llm import generate_text
+from tomesd.llm.tokens import chat_parts
 from tomesd.llm.train import load_checkpoint
 from tomesd.llm.weights import MODELS, load_model
 
@@ -34,7 +34,6 @@ DOCUMENT = (
     "structure in the world until the Chrysler Building in New York City was finished in 1930."
 )
 QUESTION = "Question: Who designed the tower, and how tall is it? Answer in one sentence."
-PLACEHOLDER = "\x00DOCUMENT\x00"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,25 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prompt_parts(tokenizer: Any, question: str) -> tuple[str | None, str]:
-    """(head, tail) around the document: the chat template's opening and the question with its closing, or
-    no head and the question alone for a model without a template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None, f"\n{question}\nAnswer:"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{PLACEHOLDER}\n{question}"}],
-                                         add_generation_prompt=True, tokenize=False)
-    head, tail = text.split(PLACEHOLDER)
-    bos = tokenizer.bos_token
-    if bos and head.startswith(bos):  # the BOS is kept by the tokenizer's own special prefix already
-        head = head[len(bos):]
-    return head, tail
-
-
 def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
-    head, tail = prompt_parts(tokenizer, args.question)
+    head, tail = chat_parts(tokenizer, args.question)
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=False, head=head)
     answers = {}
     for name, k in (("uncompressed", 1), ("K=2, mean", 2), ("K=4, mean", 4)):

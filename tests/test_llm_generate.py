@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from tests.llm_models import padded_batch, tiny_gemma3, tiny_llama, tiny_qwen, tree_tokenizer_with_bos
 from tomesd.llm import compress_prompt, generate_compressed, generate_text
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
-from tomesd.llm.tokens import tokenize_prompts
+from tomesd.llm.tokens import chat_parts, tokenize_prompts
 
 GREEDY = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
 
@@ -140,3 +140,10 @@ def test_head_text_is_kept_after_the_bos():
     encoded = tokenize_prompts(tokenizer, ["A is the parent of B ."], head="who is")
     assert encoded["head_ids"].tolist() == [[tokenizer.bos_token_id, *tokenizer("who is", add_special_tokens=False)["input_ids"]]]
     assert "head_ids" not in tokenize_prompts(build_tree_tokenizer(), ["A is the parent of B ."])
+
+
+def test_chat_parts_wrap_the_document_in_the_template():
+    tokenizer = tree_tokenizer_with_bos()
+    assert chat_parts(tokenizer, "who ?") == (None, "\nwho ?\nAnswer:")  # no template: plain text
+    tokenizer.chat_template = "[BOS]<u>{% for m in messages %}{{ m['content'] }}{% endfor %}</u>{% if add_generation_prompt %}<a>{% endif %}"
+    assert chat_parts(tokenizer, "who ?") == ("<u>", "\nwho ?</u><a>")  # its BOS left to the special prefix

@@ -11,7 +11,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["pad_sequences", "special_prefix", "tokenize_prompts"]
+__all__ = ["chat_parts", "pad_sequences", "special_prefix", "tokenize_prompts"]
+
+_PLACEHOLDER = "\x00DOCUMENT\x00"
 
 
 def special_prefix(tokenizer: Any) -> list[int]:
@@ -90,3 +92,20 @@ def pad_sequences(sequences: Sequence[Sequence[int]], value: int = 0) -> tuple[T
     ids = torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], dtype=torch.long)
     return ids, mask
+
+
+def chat_parts(tokenizer: Any, question: str) -> tuple[str | None, str]:
+    """(head, tail) that put a document into ``tokenizer``'s chat template as the user's message, followed by
+    ``question``: the template's opening (its BOS left out: :func:`tokenize_prompts` keeps it anyway) and the
+    question with the template's closing and the assistant's opening. A tokenizer without a chat template
+    gets no head and the question as a plain-text tail (``"\\n{question}\\nAnswer:"``).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None, f"\n{question}\nAnswer:"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{_PLACEHOLDER}\n{question}"}],
+                                         add_generation_prompt=True, tokenize=False)
+    head, tail = text.split(_PLACEHOLDER)
+    bos = tokenizer.bos_token
+    if bos and head.startswith(bos):
+        head = head[len(bos) :]
+    return head, tail
