@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv and install tomesd with the given extras (comma-separated: ui, vision, llm, dev).
+# Create ./.venv and install tomesd with the given extras (comma-separated: ui, vision, llm, llm-weights, dev).
 # torch/torchvision are installed first, pinned by constraints.txt, so no other package pulls another build.
 # With "dev", Debian's chromium is installed too (for the browser tests), when it is missing and we are root.
 set -euo pipefail

@@ -7,7 +7,18 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from tokenizers.processors import TemplateProcessing
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from tomesd.llm.task import build_tree_tokenizer
 
 VOCAB = 64
 HIDDEN = 32
@@ -33,6 +44,29 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma3(seed: int = 0, vocab: int = VOCAB) -> Gemma3ForCausalLM:
+    """A 2-layer Gemma-3 with random weights, in eval mode: a sliding-window layer (window 4) then a global one;
+    its embedding scales by sqrt(hidden) inside the embedding module, as the real model's does."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=8,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def tree_tokenizer_with_bos() -> PreTrainedTokenizerFast:
+    """The tree task's word-level tokenizer, made to put a ``[BOS]`` before every text (as Gemma's and Llama's do)."""
+    tokenizer = build_tree_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "[BOS]"})
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[BOS] $A", special_tokens=[("[BOS]", tokenizer.bos_token_id)]
+    )
+    return tokenizer
 
 
 def padded_batch(lengths: list[int], side: str, seed: int = 0, vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor]:

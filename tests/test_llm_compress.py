@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.llm_models import HIDDEN, padded_batch, tiny_llama, tiny_qwen
+from tests.llm_models import HIDDEN, padded_batch, tiny_gemma3, tiny_llama, tiny_qwen
 from tomesd.llm import KTokenEncoder, compress_prompt, mean_merge
 from tomesd.llm.compress import IGNORE_INDEX, pack
 
@@ -59,7 +59,7 @@ def test_batch_padding_does_not_change_a_prompt(side, out_side):
         assert (batch.attention_mask[:, 0] == 1).all()
 
 
-@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama])
+@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama, tiny_gemma3])
 def test_padded_batch_gives_the_same_next_token_logits(make_model):
     """Masks and positions are right: a left-padded compressed batch predicts what each prompt predicts alone."""
     model = make_model()
@@ -118,3 +118,23 @@ def test_encoder_must_fit_the_model():
         compress_prompt(model, ids, 4, encoder=KTokenEncoder(HIDDEN, 2))
     with pytest.raises(ValueError, match="padding side"):
         compress_prompt(model, ids, 4, padding_side="middle")
+
+
+def test_padding_only_context_says_what_to_pass():
+    """It used to advise "use k <= 0", a block length that does not exist."""
+    ids, mask = padded_batch([6, 5], "right")
+    mask[1] = 0
+    with pytest.raises(ValueError, match="prompt 1 has no real token .* every context needs at least one token"):
+        compress_prompt(tiny_qwen(), ids, 1, mask)
+
+
+def test_empty_batch_says_what_to_pass():
+    with pytest.raises(ValueError, match="the batch is empty; pass at least one context"):
+        compress_prompt(tiny_qwen(), torch.zeros(0, 4, dtype=torch.long), 2)
+
+
+def test_head_ids_of_a_wrong_shape_are_refused():
+    ids, mask = padded_batch([6, 5], "right")
+    for head in (torch.tensor([2]), torch.tensor([[2], [2], [2]])):
+        with pytest.raises(ValueError, match=r"head_ids must be \(1, H\) or \(B=2, H\)"):
+            compress_prompt(tiny_qwen(), ids, 2, mask, head_ids=head)

@@ -6,15 +6,19 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from tests.llm_models import padded_batch, tiny_llama, tiny_qwen
+from tests.llm_models import padded_batch, tiny_gemma3, tiny_llama, tiny_qwen, tree_tokenizer_with_bos
 from tomesd.llm import compress_prompt, generate_compressed, generate_text
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
+from tomesd.llm.tokens import chat_parts, tokenize_prompts
 
 GREEDY = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
 
 
-@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama])
+@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_llama, tiny_gemma3])
 def test_k1_matches_plain_generate_and_returns_new_tokens_only(make_model):
+    """Exact. For Gemma-3 this also shows that ``get_input_embeddings()`` gives what its forward expects as
+    ``inputs_embeds`` (the sqrt(hidden) scale is inside the embedding module), and that sliding-window layers
+    (window 4, prompts of 12) take the compressed prefix's mask and positions like token ids."""
     model = make_model()
     ids, mask = padded_batch([12, 7], "left")
     new = generate_compressed(model, ids, 1, mask, **GREEDY)
@@ -75,3 +79,71 @@ def test_tokenizer_without_pad_token():
     args = ([e.context for e in examples], [e.question for e in examples])
     options = dict(k=2, max_new_tokens=2, do_sample=False, eos_token_id=None)
     assert generate_text(model, no_pad, *args, **options) == generate_text(model, with_pad, *args, **options)
+
+
+def test_empty_question_is_a_clear_error():
+    """An empty question used to reach the embedding as float indices (RuntimeError)."""
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    example = tree_examples(1, 4, 6, seed=0)[0]
+    with pytest.raises(ValueError, match=r"question 0 \(''\) has no tokens; .*question=None"):
+        generate_text(model, tokenizer, example.context, "", k=2, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"question 1 \(''\) has no tokens"):
+        generate_text(model, tokenizer, [example.context] * 2, [example.question, ""], k=2, max_new_tokens=1)
+
+
+def test_empty_context_list_is_a_clear_error():
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    with pytest.raises(ValueError, match="no context given: pass a string or a non-empty list"):
+        generate_text(model, tokenizer, [], k=2)
+    with pytest.raises(ValueError, match="no context given"):
+        generate_text(model, tokenizer, [], [], k=2)
+
+
+def test_empty_context_string_is_a_clear_error():
+    """The tree tokenizer adds no BOS, so "" has no token at all: the error says to pass a non-empty one."""
+    tokenizer = build_tree_tokenizer()
+    model = tiny_qwen(vocab=len(tokenizer))
+    with pytest.raises(ValueError, match="prompt 1 has no real token .* pass a non-empty context"):
+        generate_text(model, tokenizer, ["A is the parent of B .", ""], ["who ?", "who ?"], k=1)
+
+
+@pytest.mark.parametrize("make_model", [tiny_qwen, tiny_gemma3])
+def test_bos_is_kept_alone_before_the_merged_context(make_model):
+    """The tokenizer's BOS is never averaged into the first block: the prompt starts with its exact embedding."""
+    tokenizer = tree_tokenizer_with_bos()
+    model = make_model(vocab=len(tokenizer))
+    examples = tree_examples(2, 4, 6, seed=1)
+    contexts, questions = [e.context for e in examples], [e.question for e in examples]
+    encoded = tokenize_prompts(tokenizer, contexts, questions)
+    assert encoded["head_ids"].tolist() == [[tokenizer.bos_token_id]]
+    assert tokenizer.bos_token_id not in encoded["input_ids"].tolist()[0]
+    lengths = encoded["attention_mask"].sum(1).tolist()
+    assert lengths == [len(c.split()) for c in contexts]  # the context alone, one token per word
+    prompt = compress_prompt(model, encoded["input_ids"], 4, encoded["attention_mask"], encoded["tail_ids"],
+                             encoded["tail_mask"], head_ids=encoded["head_ids"], padding_side="right")
+    bos = model.get_input_embeddings()(torch.tensor([tokenizer.bos_token_id]))[0]
+    assert torch.equal(prompt.inputs_embeds[:, 0], bos.expand(2, -1))
+    tail_lengths = encoded["tail_mask"].sum(1)
+    expected = [1 + -(-n // 4) + int(t) for n, t in zip(lengths, tail_lengths)]
+    assert prompt.attention_mask.sum(1).tolist() == expected
+    with_head = generate_text(model, tokenizer, contexts, questions, k=4, max_new_tokens=2, do_sample=False,
+                              eos_token_id=None)
+    alone = [generate_text(model, tokenizer, c, q, k=4, max_new_tokens=2, do_sample=False, eos_token_id=None)[0]
+             for c, q in zip(contexts, questions)]
+    assert with_head == alone
+
+
+def test_head_text_is_kept_after_the_bos():
+    tokenizer = tree_tokenizer_with_bos()
+    encoded = tokenize_prompts(tokenizer, ["A is the parent of B ."], head="who is")
+    assert encoded["head_ids"].tolist() == [[tokenizer.bos_token_id, *tokenizer("who is", add_special_tokens=False)["input_ids"]]]
+    assert "head_ids" not in tokenize_prompts(build_tree_tokenizer(), ["A is the parent of B ."])
+
+
+def test_chat_parts_wrap_the_document_in_the_template():
+    tokenizer = tree_tokenizer_with_bos()
+    assert chat_parts(tokenizer, "who ?") == (None, "\nwho ?\nAnswer:")  # no template: plain text
+    tokenizer.chat_template = "[BOS]<u>{% for m in messages %}{{ m['content'] }}{% endfor %}</u>{% if add_generation_prompt %}<a>{% endif %}"
+    assert chat_parts(tokenizer, "who ?") == ("<u>", "\nwho ?</u><a>")  # its BOS left to the special prefix

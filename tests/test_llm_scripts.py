@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from tests.llm_models import tiny_qwen
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
-from tomesd.llm.train import load_checkpoint
+from tomesd.llm import KTokenEncoder
+from tomesd.llm.train import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,53 @@ def test_train_ktoken_on_user_data_writes_a_loadable_checkpoint(tmp_path):
     assert 0.0 <= summary["accuracy_trained"] <= 1.0
     encoder, wrapped = load_checkpoint(out, tiny_qwen(vocab=len(tokenizer)))
     assert encoder.k == 2 and hasattr(wrapped, "peft_config")
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path):
+    """The protocol script on a local tiny model: a call stopped by its time limit resumes and completes."""
+    tokenizer = build_tree_tokenizer()
+    model_dir, work, report = tmp_path / "model", tmp_path / "work", tmp_path / "report"
+    tiny_qwen(vocab=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    command = [str(ROOT / "scripts" / "reproduce_llm_real.py"), "--model", str(model_dir), "--work", str(work),
+               "--report", str(report), "--nodes", "3", "5", "--steps", "3", "--warmup", "1", "--eval-count", "4",
+               "--train-trees", "40", "--save-every", "100"]
+    stopped = _run([*command, "--stop-after-minutes", "0"])  # stops (and saves) after its first step
+    assert stopped.returncode == 3, stopped.stderr[-2000:]
+    assert "run the same command again" in stopped.stdout
+    assert (work / "k4" / "train_state.pt").is_file() and not (work / "k4" / "done.json").exists()
+    done = _run(command)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((report / "llm_real_tree_model.json").read_text())
+    assert set(result["accuracy"]) == {"K=1, no training", "K=1, LoRA", "K=4, training-free mean (K=1 LoRA model)",
+                                       "K=4, encoder + LoRA"}
+    assert all(0.0 <= acc <= 1.0 for acc in result["accuracy"].values())
+    assert len(json.loads((work / "k4" / "done.json").read_text())["losses"]) == 3
+    assert [run["steps_done"] for run in map(json.loads, (work / "k4" / "runs.jsonl").read_text().splitlines())] == [1, 3]
+    assert (report / "llm_real_tree_model.md").read_text().startswith("| setting |")
+
+
+def test_examples_script_with_a_chat_template_and_a_trained_encoder(tmp_path):
+    tokenizer = build_tree_tokenizer()
+    # A chat template of the Qwen kind: an opening before the user's text, a closing after it.
+    tokenizer.chat_template = "who is {% for m in messages %}{{ m['content'] }}{% endfor %} ? the"
+    model_dir, encoder_dir, out = tmp_path / "model", tmp_path / "k4", tmp_path / "examples.md"
+    model = tiny_qwen(vocab=len(tokenizer))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    save_checkpoint(encoder_dir, KTokenEncoder(model.config.hidden_size, 4))
+    example = tree_examples(1, 6, 6, seed=0)[0]
+    done = _run([str(ROOT / "scripts" / "llm_examples.py"), "--model", str(model_dir), "--encoder-dir",
+                 str(encoder_dir), "--document", example.context, "--question", example.question,
+                 "--max-new-tokens", "2", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| uncompressed", "| K=2, mean", "| K=4, mean",
+                                                     "| K=4, trained encoder + LoRA"]
+    reloaded = AutoTokenizer.from_pretrained(model_dir)
+    tokens = len(reloaded(example.context, add_special_tokens=False)["input_ids"])
+    assert f"document: {tokens} tokens (compressed)" in out.read_text()

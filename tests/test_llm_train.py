@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from tomesd.llm.compress import IGNORE_INDEX
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
 from tomesd.llm.train import (
     LengthCurriculum,
+    StageOptions,
     add_lora,
     answer_loss,
     encode_training_batch,
@@ -130,3 +133,75 @@ def test_checkpoint_for_another_hidden_size_is_rejected(tmp_path, tokenizer):
         load_checkpoint(tmp_path, tiny_qwen(vocab=len(tokenizer)))
     with pytest.raises(FileNotFoundError, match="no K-token encoder checkpoint"):
         load_checkpoint(tmp_path / "missing", tiny_qwen(vocab=len(tokenizer)))
+
+
+def _resumable_setup(tokenizer):
+    model = add_lora(tiny_qwen(vocab=len(tokenizer), init_range=0.2), rank=4, alpha=8)
+    encoder = KTokenEncoder(model.config.hidden_size, 2)
+    examples = tree_examples(16, 3, 6, seed=4)
+    curriculum = LengthCurriculum(examples, [len(e.context.split()) for e in examples], 12, 4, seed=3)
+    return model, encoder, curriculum
+
+
+def _trained(model, encoder):
+    return {n: p.detach().clone() for n, p in [*model.named_parameters(), *encoder.named_parameters()] if p.requires_grad}
+
+
+def test_a_resumed_run_equals_one_run_straight_through(tmp_path, tokenizer):
+    """Exact: stopped after 3 steps, then after 2 more, then finished, it takes the very steps of one run."""
+    options = dict(k=2, steps=8, batch_size=4, lr=1e-2, warmup_steps=2)
+    torch.manual_seed(0)
+    model, encoder, curriculum = _resumable_setup(tokenizer)
+    straight = train(model, tokenizer, curriculum, encoder=encoder, **options)
+    expected = _trained(model, encoder)
+
+    torch.manual_seed(0)
+    model, encoder, curriculum = _resumable_setup(tokenizer)
+    assert len(train(model, tokenizer, curriculum, encoder=encoder, resume_dir=tmp_path, stop_after=3, **options)) == 3
+    for stop_after, done in ((2, 5), (None, 8)):  # each time a fresh process would build everything anew
+        torch.manual_seed(0)
+        model, encoder, curriculum = _resumable_setup(tokenizer)
+        resumed = train(model, tokenizer, curriculum, encoder=encoder, resume_dir=tmp_path, stop_after=stop_after,
+                        **options)
+        assert len(resumed) == done
+    assert resumed == straight
+    got = _trained(model, encoder)
+    assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_state.pt"]  # no temporary left
+
+
+def test_a_saved_state_of_another_run_is_refused(tmp_path, tokenizer):
+    model, encoder, curriculum = _resumable_setup(tokenizer)
+    train(model, tokenizer, curriculum, 2, steps=4, batch_size=2, encoder=encoder, resume_dir=tmp_path, stop_after=1)
+    model, encoder, curriculum = _resumable_setup(tokenizer)
+    with pytest.raises(ValueError, match="holds a run with k=2, steps=4 .* not k=2, steps=6 .*another resume directory"):
+        train(model, tokenizer, curriculum, 2, steps=6, batch_size=2, encoder=encoder, resume_dir=tmp_path)
+
+
+def test_bf16_autocast_trains(tokenizer):
+    model, encoder, curriculum = _resumable_setup(tokenizer)
+    losses = train(model, tokenizer, curriculum, 2, steps=3, batch_size=2, encoder=encoder, warmup_steps=1,
+                   autocast_dtype=torch.bfloat16)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"lr": 0.0}, "lr > 0"),
+    ({"warmup_steps": -1}, "warmup_steps >= 0"),
+])
+def test_stage_options_are_checked(change, match):
+    with pytest.raises(ValueError, match=match):
+        StageOptions(**change)
+
+
+def test_stage_options_give_the_scripts_their_flags():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    StageOptions.add_arguments(parser)
+    assert StageOptions.from_args(parser.parse_args([])) == StageOptions()
+    options = StageOptions.from_args(parser.parse_args(["--steps", "7", "--bf16"]), answer_eos=False)
+    assert (options.steps, options.autocast_dtype, options.answer_eos) == (7, torch.bfloat16, False)
+    assert StageOptions.deadline(parser.parse_args([])) is None

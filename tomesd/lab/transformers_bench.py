@@ -3,7 +3,7 @@
 Full-width models with random weights (speed does not depend on them; no hub access), fp32, on CPU
 unless ``--device`` says otherwise: VideoMAE-B at 16 frames x 224 px (1568 tokens), ViT-B/16 and
 DINOv2-B at 224 px, CLIP ViT-L/14 at 336 px. For each setting: the speed-up (ratio of interleaved medians
-against the unpatched model, timed by :func:`tomesd.timing.time_interleaved`), the FLOP ratio (counted by
+against the unpatched model, timed by :func:`tomesd.lab.timing.time_interleaved`), the FLOP ratio (counted by
 ``torch.utils.flop_counter`` on one sample) and the agreement of outputs with the unpatched model on
 procedurally drawn inputs (moving shapes): top-1 agreement and logit cosine for classifiers, embedding
 cosine for encoders. With random weights, agreement is weak evidence about accuracy.

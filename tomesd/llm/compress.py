@@ -1,7 +1,8 @@
 """Prompt compression in embedding space: every ``k`` consecutive context embeddings become one.
 
-A prompt is split into a *context* (the long part, compressed) and an optional *tail* (kept token by
-token, e.g. the question after a long document). Batches may be left- or right-padded; each sample's
+A prompt is split into an optional *head* (kept token by token: the tokenizer's BOS, which models such
+as Gemma rely on as the first position, and any fixed prefix), a *context* (the long part, compressed)
+and an optional *tail* (kept token by token, e.g. the question after a long document). Batches may be left- or right-padded; each sample's
 context is compressed from its first real token, so its result does not depend on how much padding the
 batch needed. The compressed context and the tail are then packed into one padded sequence with its
 attention mask and positions (merged tokens take one position each), ready for a causal LM's
@@ -11,17 +12,14 @@ attention mask and positions (merged tokens take one position each), ready for a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from tomesd.merge import block_merge
+from .blocks import mean_merge, validate_block_length
+from .encoder import KTokenEncoder
 
-if TYPE_CHECKING:
-    from .encoder import KTokenEncoder
-
-__all__ = ["CompressedPrompt", "compress_prompt", "mean_merge", "pack", "validate_block_length"]
+__all__ = ["CompressedPrompt", "compress_prompt", "pack"]
 
 IGNORE_INDEX = -100
 PADDING_SIDES = ("left", "right")
@@ -45,26 +43,6 @@ class CompressedPrompt:
     labels: Tensor | None = None
 
 
-def validate_block_length(k: int, lengths: Tensor) -> None:
-    """Check a block length against the real lengths (B,) of the prompts it will compress.
-
-    Raises:
-        TypeError: ``k`` is not an int.
-        ValueError: ``k`` below 1, or larger than some prompt.
-    """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"block length k must be an int, got {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"block length k must be >= 1, got {k}")
-    shortest = int(lengths.min()) if lengths.numel() else 0
-    if k > shortest:
-        sample = int(lengths.argmin()) if lengths.numel() else 0
-        raise ValueError(
-            f"block length k={k} is larger than prompt {sample}, which has {shortest} real token(s); "
-            f"use k <= {shortest} or a longer context"
-        )
-
-
 def pack(mask: Tensor, *tensors: Tensor, side: str = "left") -> tuple[Tensor, ...]:
     """Move every sample's real positions to one side, keeping their order.
 
@@ -86,22 +64,6 @@ def pack(mask: Tensor, *tensors: Tensor, side: str = "left") -> tuple[Tensor, ..
     return tuple(_gather_rows(t, order) for t in (mask, *tensors))
 
 
-def mean_merge(embeds: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Training-free merge: the mean of every ``k`` consecutive real embeddings, padding excluded.
-
-    Args:
-        embeds: (B, N, C) right-padded embeddings.
-        mask: (B, N) 1 on real tokens.
-        k: block length.
-
-    Returns:
-        (merged, merged_mask): (B, ceil(N/k), C) block means and (B, ceil(N/k)) 1 where a block holds a
-        real token.
-    """
-    merged, weight = block_merge(embeds, k, mask)
-    return merged, (weight > 0).to(mask.dtype)
-
-
 def compress_prompt(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -112,6 +74,7 @@ def compress_prompt(
     tail_labels: Tensor | None = None,
     encoder: KTokenEncoder | None = None,
     padding_side: str = "left",
+    head_ids: Tensor | None = None,
 ) -> CompressedPrompt:
     """Embed a batch of prompts with ``model``'s input embeddings and compress their context.
 
@@ -125,14 +88,17 @@ def compress_prompt(
         tail_labels: (B, T) training labels for the tail (``-100`` where no loss is wanted), or ``None``.
         encoder: a trained :class:`~tomesd.llm.encoder.KTokenEncoder`; ``None`` merges by the mean.
         padding_side: where the result's padding goes: ``"left"`` for generation, ``"right"`` for training.
+        head_ids: (B, H) or (1, H) token ids kept uncompressed before the context, the same length in every
+            row (e.g. the BOS), or ``None``.
 
     Returns:
         The :class:`CompressedPrompt`.
 
     Raises:
         TypeError: ``k`` is not an int.
-        ValueError: ``k`` below 1 or larger than a prompt's context, an encoder whose block length or
-            hidden size does not match, or an unknown padding side.
+        ValueError: ``k`` below 1 or larger than a prompt's context, an empty batch or a context without
+            any real token, an encoder whose block length or hidden size does not match, an unknown
+            padding side, or ``head_ids`` of another shape.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -145,7 +111,13 @@ def compress_prompt(
 
     merged, merged_mask = _merge_context(embedding, input_ids, attention_mask, k, encoder)  # (B, M, C), (B, M)
     parts_embeds, parts_mask = [merged], [merged_mask]
-    labels = [torch.full_like(merged_mask, IGNORE_INDEX, dtype=torch.long)]
+    if head_ids is not None:
+        if head_ids.dim() != 2 or head_ids.shape[0] not in (1, merged.shape[0]):
+            raise ValueError(f"head_ids must be (1, H) or (B={merged.shape[0]}, H), got shape {tuple(head_ids.shape)}")
+        head_ids = head_ids.expand(merged.shape[0], -1)  # (B, H)
+        parts_embeds.insert(0, embedding(head_ids))  # (B, H, C)
+        parts_mask.insert(0, torch.ones_like(head_ids, dtype=merged_mask.dtype))
+    labels = [torch.full(m.shape, IGNORE_INDEX, dtype=torch.long, device=m.device) for m in parts_mask]
     if tail_ids is not None:
         tail_mask = torch.ones_like(tail_ids) if tail_mask is None else tail_mask
         parts_embeds.append(embedding(tail_ids))  # (B, T, C)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .compress import mean_merge
+from .blocks import check_block_length, mean_merge
 
 __all__ = ["KTokenEncoder"]
 
@@ -31,10 +31,7 @@ class KTokenEncoder(nn.Module):
 
     def __init__(self, hidden_size: int, k: int, inner_size: int | None = None) -> None:
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"block length k must be an int, got {type(k).__name__} {k!r}")
-        if k < 1:
-            raise ValueError(f"block length k must be >= 1, got {k}")
+        check_block_length(k)
         inner_size = hidden_size if inner_size is None else inner_size
         if hidden_size < 1 or inner_size < 1:
             raise ValueError(f"hidden_size and inner_size must be >= 1, got {hidden_size} and {inner_size}")

@@ -15,8 +15,9 @@ from torch import Tensor
 
 from .compress import compress_prompt
 from .encoder import KTokenEncoder
+from .tokens import tokenize_prompts
 
-__all__ = ["generate_compressed", "generate_text", "pad_sequences", "tokenize_prompts"]
+__all__ = ["generate_compressed", "generate_text"]
 
 
 @torch.no_grad()
@@ -28,6 +29,7 @@ def generate_compressed(
     tail_ids: Tensor | None = None,
     tail_mask: Tensor | None = None,
     encoder: KTokenEncoder | None = None,
+    head_ids: Tensor | None = None,
     **generate_kwargs: Any,
 ) -> Tensor:
     """Compress a batch of prompts and generate their continuations.
@@ -40,6 +42,7 @@ def generate_compressed(
         tail_ids: (B, T) token ids kept uncompressed after the context (the question), or ``None``.
         tail_mask: (B, T) 1 on real tail tokens; ``None`` means no padding.
         encoder: a trained K-token encoder; ``None`` merges by the mean (training-free).
+        head_ids: (1, H) or (B, H) token ids kept uncompressed before the context (e.g. the BOS), or ``None``.
         **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``, ...).
 
     Returns:
@@ -49,7 +52,8 @@ def generate_compressed(
         TypeError, ValueError: as :func:`tomesd.llm.compress.compress_prompt`.
     """
     prompt = compress_prompt(
-        model, input_ids, k, attention_mask, tail_ids, tail_mask, encoder=encoder, padding_side="left"
+        model, input_ids, k, attention_mask, tail_ids, tail_mask, encoder=encoder, padding_side="left",
+        head_ids=head_ids,
     )
     return model.generate(inputs_embeds=prompt.inputs_embeds, attention_mask=prompt.attention_mask, **generate_kwargs)
 
@@ -62,6 +66,7 @@ def generate_text(
     k: int = 4,
     encoder: KTokenEncoder | None = None,
     max_new_tokens: int = 32,
+    head: str | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Compress ``context`` by ``k``, keep ``question`` uncompressed after it, and decode the answers.
@@ -74,12 +79,19 @@ def generate_text(
         k: block length (``k=1``: uncompressed).
         encoder: a trained K-token encoder; ``None`` merges by the mean.
         max_new_tokens: generation budget.
+        head: text kept uncompressed before every context (after the tokenizer's BOS, which is always kept
+            uncompressed), e.g. a chat template's opening; ``None`` for none.
         **generate_kwargs: passed to ``model.generate``.
 
     Returns:
         One decoded string of new tokens per prompt (special tokens skipped).
+
+    Raises:
+        ValueError: no context, an empty question, as many questions as contexts not given, or as
+            :func:`tomesd.llm.compress.compress_prompt` (e.g. a context shorter than ``k``).
+        TypeError: as :func:`tomesd.llm.compress.compress_prompt`.
     """
-    encoded = tokenize_prompts(tokenizer, context, question)
+    encoded = tokenize_prompts(tokenizer, context, question, head)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     generate_kwargs.setdefault("pad_token_id", pad_id)
     new_tokens = generate_compressed(
@@ -90,42 +102,8 @@ def generate_text(
         encoded.get("tail_ids"),
         encoded.get("tail_mask"),
         encoder=encoder,
+        head_ids=encoded.get("head_ids"),
         max_new_tokens=max_new_tokens,
         **generate_kwargs,
     )
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-
-
-def tokenize_prompts(
-    tokenizer: Any, context: str | Sequence[str], question: str | Sequence[str] | None = None
-) -> dict[str, Tensor]:
-    """Tokenize contexts (with the tokenizer's special tokens, e.g. a BOS) and questions (without), padded.
-
-    Returns:
-        ``input_ids`` and ``attention_mask`` (B, N) for the contexts, plus ``tail_ids`` and ``tail_mask``
-        (B, T) when questions are given.
-
-    Raises:
-        ValueError: the numbers of contexts and questions differ.
-    """
-    contexts = [context] if isinstance(context, str) else list(context)
-    encoded = dict(zip(("input_ids", "attention_mask"), pad_sequences(tokenizer(contexts)["input_ids"])))
-    if question is not None:
-        questions = [question] if isinstance(question, str) else list(question)
-        if len(questions) != len(contexts):
-            raise ValueError(f"got {len(contexts)} context(s) but {len(questions)} question(s); give one per context")
-        tail = tokenizer(questions, add_special_tokens=False)["input_ids"]
-        encoded["tail_ids"], encoded["tail_mask"] = pad_sequences(tail)
-    return encoded
-
-
-def pad_sequences(sequences: Sequence[Sequence[int]], value: int = 0) -> tuple[Tensor, Tensor]:
-    """Right-pad lists of ids (or labels) with ``value`` into (B, N) and the (B, N) mask of real entries.
-
-    Padding here, not in the tokenizer, works for tokenizers without a pad token (e.g. Llama's); the pad
-    value never reaches the model, since the mask excludes it.
-    """
-    width = max(map(len, sequences))
-    ids = torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
-    return ids, mask
