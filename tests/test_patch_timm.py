@@ -225,3 +225,10 @@ def test_an_attention_mask_is_refused_while_merging(images):
     model = tomesd.apply_patch(build("vit"), r=1)
     with pytest.raises(ValueError, match="cannot take attn_mask"):
         model(images, attn_mask=torch.zeros(1, 1, 17, 17))
+
+
+def test_a_smaller_input_than_the_schedule_fits_is_refused_at_run_time():
+    model = tomesd.apply_patch(build("vit", dynamic_img_size=True), r=3)  # fits 64 px: 17 tokens
+    small = torch.randn(1, 3, 32, 32)  # 1 + 4 tokens: 2 merge candidates
+    with torch.no_grad(), pytest.raises(ValueError, match="layer 0 would merge r=3 of 5 tokens.*tomesd.patch.timm.set_r"):
+        model(small)
