@@ -16,6 +16,9 @@ timm = pytest.importorskip("timm")
 
 import tomesd  # noqa: E402
 from tomesd.patch import timm as tome_timm  # noqa: E402
+from tomesd.patch.sequence import SequenceMerge  # noqa: E402
+
+from sequence_checks import module_attributes, record_sdpa_masks  # noqa: E402
 
 ARCHITECTURES = {
     "vit": ("vit_tiny_patch16_224", {}),
@@ -35,14 +38,6 @@ def build(arch: str, **extra) -> torch.nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-
-
-def module_attributes(model: torch.nn.Module) -> list:
-    """Every instance attribute name and hook count of every submodule: what a clean removal restores."""
-    return [
-        (name, sorted(vars(module)), len(module._forward_hooks), len(module._forward_pre_hooks))
-        for name, module in model.named_modules()
-    ]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -112,7 +107,7 @@ def test_proportional_bias_makes_a_merged_token_attend_like_its_copies():
     torch.manual_seed(0)
     attention = timm.layers.Attention(32, num_heads=4).eval()
     a, b = torch.randn(1, 1, 32), torch.randn(1, 1, 32)
-    info = tome_timm._MergeInfo([], 0, True, False, {}, size=torch.tensor([[[1.0], [2.0]]]))
+    info = SequenceMerge([], 0, True, False, {}, size=torch.tensor([[[1.0], [2.0]]]))
     with torch.no_grad():
         with_copies = attention(torch.cat([a, b, b], dim=1))
         merged = attention(torch.cat([a, b], dim=1), attn_mask=tome_timm._proportional_bias(info))
@@ -122,14 +117,7 @@ def test_proportional_bias_makes_a_merged_token_attend_like_its_copies():
 def test_attention_keeps_the_fused_path_with_the_size_bias(monkeypatch, images):
     model = build("vit")
     assert all(block.attn.fused_attn for block in model.blocks)
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        masks.append(kwargs.get("attn_mask"))
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    masks = record_sdpa_masks(monkeypatch)
     tomesd.apply_patch(model, r=2)
     with torch.no_grad():
         model(images)
@@ -237,3 +225,10 @@ def test_an_attention_mask_is_refused_while_merging(images):
     model = tomesd.apply_patch(build("vit"), r=1)
     with pytest.raises(ValueError, match="cannot take attn_mask"):
         model(images, attn_mask=torch.zeros(1, 1, 17, 17))
+
+
+def test_a_smaller_input_than_the_schedule_fits_is_refused_at_run_time():
+    model = tomesd.apply_patch(build("vit", dynamic_img_size=True), r=3)  # fits 64 px: 17 tokens
+    small = torch.randn(1, 3, 32, 32)  # 1 + 4 tokens: 2 merge candidates
+    with torch.no_grad(), pytest.raises(ValueError, match="layer 0 would merge r=3 of 5 tokens.*tomesd.patch.timm.set_r"):
+        model(small)

@@ -21,17 +21,10 @@ from tomesd.merge import spacetime_order, temporal_soft_matching  # noqa: E402
 from tomesd.patch import transformers as tome_hf  # noqa: E402
 
 import tiny_transformers as tiny  # noqa: E402
+from sequence_checks import module_attributes, record_sdpa_masks  # noqa: E402
 
 NAMES = list(tiny.MODELS)
 TOWERS = ["vit", "deit", "dinov2", "dinov2_registers", "clip_vision", "siglip_vision", "videomae", "vivit"]
-
-
-def module_attributes(model: torch.nn.Module) -> list:
-    """Every instance attribute name and hook count of every submodule: what a clean removal restores."""
-    return [
-        (name, sorted(vars(module)), len(module._forward_hooks), len(module._forward_pre_hooks))
-        for name, module in model.named_modules()
-    ]
 
 
 def forward(model, name, pixels, **kwargs):
@@ -145,14 +138,7 @@ def test_proportional_bias_makes_a_merged_token_attend_like_its_copies():
 
 def test_sdpa_stays_in_use_with_the_size_bias(monkeypatch):
     model = tiny.build("vit")
-    masks = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        masks.append(kwargs.get("attn_mask"))
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    masks = record_sdpa_masks(monkeypatch)
     tomesd.apply_patch(model, r=2)
     forward(model, "vit", tiny.inputs("vit"))
     assert masks[0] is None  # nothing merged before the first layer

@@ -22,32 +22,33 @@ schedule after patching with :func:`set_r`; read which input patches each output
 sync, static shapes for a given input size and schedule). Token counts shrink block by block; one
 whole-model graph holds every count, so it compiles once per input shape and patch (a second batch size
 adds one dynamic-batch compile that later sizes reuse). Compiled block by block (``block.compile()``),
-each block reads only its own r (a :class:`_LayerMerge`), so blocks with the same r share code: three
-compilations for any depth with a constant r (the first block, which has no token sizes yet; the second;
-then one with a dynamic token count that the rest reuse), one more per further distinct r. Dynamo guards
+each block reads only its own r (a :class:`~tomesd.patch.sequence.LayerMerge`), so blocks with the same
+r share code: three compilations for any depth with a constant r (the first block, which has no token
+sizes yet; the second; then one with a dynamic token count that the rest reuse), one more per further
+distinct r. Dynamo guards
 on the patch (the schedule's values, the patched forwards and hooks): after :func:`set_r`,
 ``tomesd.remove_patch`` or a new ``apply_patch`` the next call of a compiled model recompiles
 (:func:`set_r` back to an earlier schedule of the same patch reuses its graph) and never runs a stale
 graph. Each distinct setting costs one compilation; past ``torch._dynamo.config.recompile_limit`` (8) of
 them, ``fullgraph=True`` raises dynamo's ``FailOnRecompileLimitHit`` (without it, the model runs
 uncompiled); ``torch._dynamo.reset()`` starts over. Per-forward state (token sizes, the latest keys,
-sources) lives on the patch's ``_MergeInfo`` and is reset by the pre-hook at every forward.
+sources) lives on the patch's :class:`~tomesd.patch.sequence.SequenceMerge` and is reset by the pre-hook
+at every forward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Sequence, Union
+from typing import Any
 
 from torch import Tensor, nn
 
 from ..merge import bipartite_soft_matching, merge_source, merge_wavg
+from . import sequence
+from .sequence import LayerMerge, RSchedule, SequenceMerge, log_size_bias, parse_r
 from .state import PatchState
 
 __all__ = ["OPTIONS", "apply", "merge_sources", "parse_r", "set_r", "supports"]
-
-RSchedule = Union[int, tuple, Sequence[int]]
 
 OPTIONS: dict[str, Any] = {"r": 8, "proportional_attention": True, "trace_source": False}
 
@@ -55,35 +56,6 @@ _INFO_ATTR = "_tomesd_timm"
 _VIT_MODULE = "timm.models.vision_transformer"
 # timm model classes built on rotary position embeddings: claimed here only to refuse them clearly.
 _ROPE_CLASSES = {"Eva"}
-
-
-@dataclass
-class _LayerMerge:
-    """One patched block's own setting: its index (for messages) and how many tokens it merges.
-
-    An object per block rather than an index into a shared schedule, so that a compiled graph depends on
-    the block's r only: blocks merging the same r can share compiled code (block-by-block compilation).
-    """
-
-    index: int
-    r: int
-
-
-@dataclass
-class _MergeInfo:
-    """What the patched blocks of one model share during a forward."""
-
-    layers: list[_LayerMerge]  # one per block, in order
-    protected: int
-    proportional_attention: bool
-    trace_source: bool
-    options: dict[str, Any]  # the patch's recorded options (PatchState.options), kept in step by set_r
-    size: Tensor | None = None  # (B, N, 1) original tokens held by each current token
-    source: Tensor | None = None  # (B, N, N0) membership of current tokens in the input tokens
-    metric: Tensor | None = None  # (B, N, C) keys of the latest attention, averaged over heads
-
-    def reset(self) -> None:
-        self.size = self.source = self.metric = None
 
 
 def supports(model: Any) -> bool:
@@ -94,46 +66,6 @@ def supports(model: Any) -> bool:
     return type(model).__module__.startswith("timm.") and type(model).__name__ in _ROPE_CLASSES
 
 
-def parse_r(r: RSchedule, num_layers: int) -> list[int]:
-    """Turn an ``r`` option into the number of tokens each layer removes.
-
-    Args:
-        r: an ``int`` (the same r in every layer); a ``tuple`` ``(r, inflection)`` with inflection in
-            [-1, 1], a linear schedule averaging r that goes from ``r * (1 - inflection)`` in the first
-            layer to ``r * (1 + inflection)`` in the last (positive: merge more in late layers); or a
-            ``list`` with one int per layer.
-        num_layers: how many blocks the model has.
-
-    Returns:
-        One non-negative int per layer.
-
-    Raises:
-        TypeError: ``r`` is none of the accepted forms.
-        ValueError: a negative r, an inflection outside [-1, 1], or a list of the wrong length.
-    """
-    if isinstance(r, tuple):
-        if len(r) != 2 or not _is_int(r[0]) or isinstance(r[1], bool) or not isinstance(r[1], (int, float)):
-            raise TypeError(f"an r schedule tuple must be (r: int, inflection: float), got {r!r}")
-        base, inflection = r
-        if not -1.0 <= inflection <= 1.0:
-            raise ValueError(f"the inflection of r=({base}, {inflection}) must be in [-1, 1]")
-        _check_non_negative(base)
-        step = 2 * inflection / max(num_layers - 1, 1)
-        schedule = [round(base * (1 - inflection + step * layer)) for layer in range(num_layers)]
-    elif _is_int(r):
-        _check_non_negative(r)
-        schedule = [int(r)] * num_layers
-    elif isinstance(r, list) and all(_is_int(value) for value in r):
-        if len(r) != num_layers:
-            raise ValueError(f"an r list needs one value per layer: got {len(r)} values for {num_layers} layers")
-        for value in r:
-            _check_non_negative(value)
-        schedule = [int(value) for value in r]
-    else:
-        raise TypeError(f"r must be an int, an (r, inflection) tuple or a list of ints per layer, got {r!r}")
-    return schedule
-
-
 def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_attention: bool = True,
           trace_source: bool = False) -> None:
     """Patch a timm Vision Transformer with ToMe.
@@ -142,9 +74,10 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_at
         model: a timm ``VisionTransformer`` (ViT, DeiT, distilled DeiT, DeiT-III, register-token and
             average-pooled MAE-style models).
         state: the undo log of this patch.
-        r: tokens merged per block; see :func:`parse_r`. ToMe's DeiT-S/B setting is 13 at 224 px; more
-            is faster and less accurate. Every layer must keep enough tokens: a schedule that would
-            merge more than half of a layer's non-protected tokens raises (never silently clamped).
+        r: tokens merged per block; see :func:`tomesd.patch.sequence.parse_r`. ToMe's DeiT-S/B setting
+            is 13 at 224 px; more is faster and less accurate. Every layer must keep enough tokens: a
+            schedule that would merge more than half of a layer's non-protected tokens raises (never
+            silently clamped).
         proportional_attention: add ``log(size)`` to the attention logits of merged keys, so a token
             holding s patches weighs like s tokens (ToMe's recommendation; on by default).
         trace_source: record which input patches each token holds, for :func:`merge_sources` and
@@ -157,9 +90,9 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_at
     """
     blocks = _validated_blocks(model)
     schedule = parse_r(r, len(blocks))
-    _check_schedule(schedule, _num_tokens(model), model.num_prefix_tokens, r)
-    info = _MergeInfo([_LayerMerge(index, layer_r) for index, layer_r in enumerate(schedule)],
-                      model.num_prefix_tokens, bool(proportional_attention), bool(trace_source), state.options)
+    sequence.check_schedule(schedule, _num_tokens(model), model.num_prefix_tokens, r)
+    info = SequenceMerge(sequence.layer_merges(schedule), model.num_prefix_tokens, bool(proportional_attention),
+                         bool(trace_source), state.options)
     state.set_attr(model, _INFO_ATTR, info)
     state.add_undo(model.patch_embed.register_forward_pre_hook(lambda module, args: info.reset()).remove)
     for block, layer in zip(blocks, info.layers):
@@ -171,19 +104,11 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = 8, proportional_at
 def set_r(model: nn.Module, r: RSchedule) -> None:
     """Change the merge schedule of a patched timm model (takes effect at the next forward).
 
-    Args:
-        model: a model patched by ``tomesd.apply_patch``.
-        r: as for :func:`apply`.
-
-    Raises:
-        ValueError: the model is not patched by this module, or the schedule does not fit it.
+    ``r`` is as for :func:`apply`. Raises TypeError / ValueError as :func:`tomesd.patch.sequence.set_r`
+    (a schedule of the wrong form or one the model has not the tokens for), and ValueError on a model
+    this family did not patch.
     """
-    info = _info(model)
-    schedule = parse_r(r, len(info.layers))
-    _check_schedule(schedule, _num_tokens(model), info.protected, r)
-    for layer, layer_r in zip(info.layers, schedule):
-        layer.r = layer_r
-    info.options["r"] = r
+    sequence.set_r(_info(model), r, _num_tokens(model))
 
 
 def merge_sources(model: nn.Module) -> Tensor | None:
@@ -196,13 +121,10 @@ def merge_sources(model: nn.Module) -> Tensor | None:
     Raises:
         ValueError: the model is not patched by this module, or was patched without ``trace_source``.
     """
-    info = _info(model)
-    if not info.trace_source:
-        raise ValueError("merge_sources needs the model patched with trace_source=True")
-    return info.source
+    return sequence.merge_sources(_info(model))
 
 
-def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: _LayerMerge, x: Tensor,
+def _merging_block_forward(block: nn.Module, info: SequenceMerge, layer: LayerMerge, x: Tensor,
                            attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
     """timm's pre-norm block with a ToMe merge between attention and MLP. x: (B, N, C)."""
     if attn_mask is not None or is_causal:
@@ -212,7 +134,7 @@ def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: _LayerMerg
     x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=bias)))  # (B, N, C)
     r = layer.r
     if r > 0:
-        _check_layer_tokens(layer.index, r, x.shape[1], info.protected)
+        sequence.check_layer_tokens(layer, x.shape[1], info.protected, "tomesd.patch.timm.set_r")
         plan = bipartite_soft_matching(info.metric, r, protected=info.protected)
         info.metric = None  # used once: a compiled graph need not return it to the Python object
         if info.trace_source:
@@ -221,18 +143,16 @@ def _merging_block_forward(block: nn.Module, info: _MergeInfo, layer: _LayerMerg
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-def _proportional_bias(info: _MergeInfo) -> Tensor | None:
+def _proportional_bias(info: SequenceMerge) -> Tensor | None:
     """(B, 1, 1, N) additive attention bias ``log(size)`` on the keys, or None before any merge."""
-    if info.size is None:
-        return None
-    return info.size.log().squeeze(-1)[:, None, None, :]
+    return None if info.size is None else log_size_bias(info.size)
 
 
-def _keep_metric(info: _MergeInfo, module: nn.Module, args: tuple, keys: Tensor) -> None:
+def _keep_metric(info: SequenceMerge, module: nn.Module, args: tuple, keys: Tensor) -> None:
     info.metric = keys.mean(dim=1)  # (B, H, N, D) -> (B, N, D)
 
 
-def _size_weighted_pool(model: nn.Module, pool: Any, info: _MergeInfo, x: Tensor,
+def _size_weighted_pool(model: nn.Module, pool: Any, info: SequenceMerge, x: Tensor,
                         pool_type: str | None = None) -> Tensor:
     """timm's ``model.pool`` with average and attention pooling weighted by token size. x: (B, N, C)."""
     if info.size is None or info.size.shape[:2] != x.shape[:2]:
@@ -240,7 +160,7 @@ def _size_weighted_pool(model: nn.Module, pool: Any, info: _MergeInfo, x: Tensor
     start = 0 if model.pool_include_prefix else model.num_prefix_tokens
     tokens, size = x[:, start:], info.size[:, start:]  # (B, n, C), (B, n, 1)
     if model.attn_pool is not None:
-        return model.attn_pool(tokens, attn_mask=size.log().squeeze(-1)[:, None, None, :])
+        return model.attn_pool(tokens, attn_mask=log_size_bias(size))
     pool_type = model.global_pool if pool_type is None else pool_type
     if pool_type not in ("avg", "avgmax"):
         return pool(x, pool_type)
@@ -275,52 +195,5 @@ def _num_tokens(model: nn.Module) -> int:
     return model.patch_embed.num_patches + model.num_prefix_tokens
 
 
-def _mergeable(num_tokens: int, protected: int) -> int:
-    """How many merge candidates ToMe's alternating split offers (every other non-protected token)."""
-    return (num_tokens - protected + 1) // 2
-
-
-def _check_schedule(schedule: list[int], num_tokens: int, protected: int, r: RSchedule) -> None:
-    """Raise if some layer would merge more tokens than it has candidates."""
-    for layer, layer_r in enumerate(schedule):
-        if layer_r > _mergeable(num_tokens, protected):
-            raise ValueError(
-                f"r={r!r} merges {layer_r} tokens in layer {layer}, which has only "
-                f"{_mergeable(num_tokens, protected)} mergeable of {num_tokens}; the largest constant r "
-                f"for this model is {_largest_constant_r(len(schedule), num_tokens, protected)}"
-            )
-        num_tokens -= layer_r
-
-
-def _check_layer_tokens(layer: int, r: int, num_tokens: int, protected: int) -> None:
-    """The runtime form of :func:`_check_schedule`, for inputs of another size than configured."""
-    if r > _mergeable(num_tokens, protected):
-        raise ValueError(f"layer {layer} would merge r={r} of {num_tokens} tokens (at most "
-                         f"{_mergeable(num_tokens, protected)}): lower r with tomesd.patch.timm.set_r")
-
-
-def _largest_constant_r(num_layers: int, num_tokens: int, protected: int) -> int:
-    """The largest r that every layer of the model can merge."""
-    for r in range(_mergeable(num_tokens, protected), 0, -1):
-        # layer l holds num_tokens - l*r tokens; the last layer is the tightest
-        if r <= _mergeable(num_tokens - (num_layers - 1) * r, protected):
-            return r
-    return 0
-
-
-def _info(model: nn.Module) -> _MergeInfo:
-    info = getattr(model, "__dict__", {}).get(_INFO_ATTR)
-    if info is None:
-        raise ValueError(f"this {type(model).__name__} is not patched by tomesd's timm family; "
-                         "call tomesd.apply_patch(model, r=...) first")
-    return info
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_non_negative(value: int) -> None:
-    if value < 0:
-        raise ValueError(f"r must be >= 0 (tokens merged per layer), got {value}")
-
+def _info(model: nn.Module) -> SequenceMerge:
+    return sequence.patch_info(model, _INFO_ATTR, "timm")

@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from ..merge import bipartite_soft_matching, merge_source, merge_wavg, spacetime_order, temporal_soft_matching
+from . import sequence
+from .sequence import LayerMerge, RSchedule, SequenceMerge, log_size_bias, parse_r
 from .state import PatchState
-from .timm import RSchedule, _check_schedule, _mergeable, parse_r
 
 __all__ = ["MATCHINGS", "OPTIONS", "TransformersOptions", "apply", "merge_sources", "protected_tokens", "set_r",
            "supports", "token_grid"]
@@ -60,7 +61,7 @@ class TransformersOptions:
 
     Attributes:
         r: tokens merged per layer: an int, an ``(r, inflection)`` schedule or one int per layer (see
-            :func:`tomesd.patch.timm.parse_r`). ToMe's ViT-B setting is 13 at 224 px (197 tokens).
+            :func:`tomesd.patch.sequence.parse_r`). ToMe's ViT-B setting is 13 at 224 px (197 tokens).
         proportional_attention: add ``log(size)`` to the attention logits of merged keys, so a token
             holding s patches weighs like s tokens (ToMe's recommendation).
         trace_source: record which input tokens each token holds, for :func:`merge_sources`; costs a
@@ -123,25 +124,19 @@ _TIMESFORMER = ("its divided space-time attention reshapes the tokens into a fix
 _REFUSED = {"TimesformerModel": _TIMESFORMER, "TimesformerForVideoClassification": _TIMESFORMER}
 
 
-@dataclass
-class _MergeInfo:
-    """What the patched layers of one model share during a forward."""
+@dataclass(kw_only=True)
+class _MergeInfo(SequenceMerge):
+    """The shared state of a sequence patch, plus what encoders of images and videos need besides."""
 
-    schedule: list[int]
-    protected: int
     grid: tuple[int, int, int]  # (frames, rows, cols) of patch tokens
-    proportional_attention: bool
-    trace_source: bool
     matching: str
-    options: dict[str, Any]  # the patch's recorded options (PatchState.options), kept in step by set_r
-    size: Tensor | None = None  # (B, N, 1) input tokens held by each current token
-    source: Tensor | None = None  # (B, N, N0) membership of current tokens in the input tokens
-    metric: Tensor | None = None  # (B, N, C) keys of the latest attention, averaged over heads
     positions: Tensor | None = None  # (B, N, 3) mean (frame, y, x) of each token, for spacetime matching
     last: Tensor | None = None  # (B, N, C) output of the last layer, for size-weighted mean pooling
 
     def reset(self) -> None:
-        self.size = self.source = self.metric = self.positions = self.last = None
+        """Forget the previous forward's state, positions and last output included."""
+        super().reset()
+        self.positions = self.last = None
 
     @property
     def num_tokens(self) -> int:
@@ -153,7 +148,7 @@ class _MergeInfo:
         """(B, 1, 1, N) additive attention bias ``log(size)`` on the keys, or None when nothing is merged."""
         if not self.proportional_attention or self.size is None:
             return None
-        return self.size.log().to(dtype).squeeze(-1)[:, None, None, :]
+        return log_size_bias(self.size).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -218,38 +213,33 @@ def apply(model: nn.Module, state: PatchState, r: RSchedule = OPTIONS["r"],
     attentions = [_attention_of(layer, spec, index) for index, layer in enumerate(layers)]
     protected = spec.prefix + getattr(tower.config, "num_register_tokens", 0)
     sdpa = _register_attention()
-    info = _MergeInfo(parse_r(r, len(layers)), protected, _grid(tower, spec), proportional_attention,
-                      trace_source, matching, state.options)
-    _check_schedule(info.schedule, info.num_tokens, protected, r)
+    schedule = parse_r(r, len(layers))
+    info = _MergeInfo(sequence.layer_merges(schedule), protected, proportional_attention, trace_source, state.options,
+                      grid=_grid(tower, spec), matching=matching)
+    sequence.check_schedule(schedule, info.num_tokens, protected, r)
 
     state.set_attr(tower, _INFO_ATTR, info)
     if model is not tower:
         state.set_attr(model, _INFO_ATTR, info)
     state.add_undo(tower.embeddings.register_forward_pre_hook(lambda module, args: info.reset()).remove)
     eager = sys.modules[type(attentions[0]).__module__].eager_attention_forward
-    for index, (layer, attention) in enumerate(zip(layers, attentions)):
+    for layer, attention, merge in zip(layers, attentions, info.layers):
         state.set_attr(attention, _ROUTE_ATTR, _Route(info, attention.config, eager, sdpa))
         state.set_attr(attention, "config", _RoutedConfig(attention.config))
-        hook = partial(_merge_layer_output, info, index, index == len(layers) - 1)
+        hook = partial(_merge_layer_output, info, merge, merge.index == len(layers) - 1)
         state.add_undo(layer.register_forward_hook(hook, prepend=True).remove)
     _patch_pooling(model, _class_name(model), tower, info, state)
 
 
 def set_r(model: nn.Module, r: RSchedule) -> None:
-    """Change the merge schedule of a patched model (takes effect at the next forward).
+    """Change the merge schedule of a patched transformers encoder (takes effect at the next forward).
 
-    Args:
-        model: a model patched by ``tomesd.apply_patch``.
-        r: as for :func:`apply`.
-
-    Raises:
-        ValueError: the model is not patched by this module, or the schedule does not fit it.
+    ``r`` is as for :func:`apply`. Raises TypeError / ValueError as :func:`tomesd.patch.sequence.set_r`
+    (a schedule of the wrong form or one the model has not the tokens for), and ValueError on a model
+    this family did not patch.
     """
     info = _info(model)
-    schedule = parse_r(r, len(info.schedule))
-    _check_schedule(schedule, info.num_tokens, info.protected, r)
-    info.schedule = schedule
-    info.options["r"] = r
+    sequence.set_r(info, r, info.num_tokens)
 
 
 def merge_sources(model: nn.Module) -> Tensor | None:
@@ -263,10 +253,7 @@ def merge_sources(model: nn.Module) -> Tensor | None:
     Raises:
         ValueError: the model is not patched by this module, or was patched without ``trace_source``.
     """
-    info = _info(model)
-    if not info.trace_source:
-        raise ValueError("merge_sources needs the model patched with trace_source=True")
-    return info.source
+    return sequence.merge_sources(_info(model))
 
 
 def token_grid(model: nn.Module) -> tuple[int, int, int]:
@@ -297,13 +284,13 @@ def _merging_attention(module: nn.Module, query: Tensor, key: Tensor, value: Ten
     return attend(module, query, key, value, route.info.bias(query.dtype), **kwargs)
 
 
-def _merge_layer_output(info: _MergeInfo, layer: int, is_last: bool, module: nn.Module, args: tuple,
+def _merge_layer_output(info: _MergeInfo, layer: LayerMerge, is_last: bool, module: nn.Module, args: tuple,
                         output: Any) -> Any:
     """Forward hook of an encoder layer: merge ``r`` of its output tokens. output: (B, N, C) or a tuple."""
     hidden = output[0] if isinstance(output, tuple) else output
-    r = info.schedule[layer]
+    r = layer.r
     if r > 0:
-        hidden = _merge(info, layer, r, hidden)
+        hidden = _merge(info, layer, hidden)
     if is_last:
         info.last = hidden
     if r == 0:
@@ -311,11 +298,10 @@ def _merge_layer_output(info: _MergeInfo, layer: int, is_last: bool, module: nn.
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def _merge(info: _MergeInfo, layer: int, r: int, x: Tensor) -> Tensor:
-    """Merge ``r`` tokens of ``x`` (B, N, C) by the patch's matching; updates sizes, sources, positions."""
-    if r > _mergeable(x.shape[1], info.protected):
-        raise ValueError(f"layer {layer} would merge r={r} of {x.shape[1]} tokens (at most "
-                         f"{_mergeable(x.shape[1], info.protected)}): lower r with tomesd.patch.transformers.set_r")
+def _merge(info: _MergeInfo, layer: LayerMerge, x: Tensor) -> Tensor:
+    """Merge ``layer.r`` tokens of ``x`` (B, N, C) by the patch's matching; updates sizes, sources, positions."""
+    sequence.check_layer_tokens(layer, x.shape[1], info.protected, "tomesd.patch.transformers.set_r")
+    r = layer.r
     if info.matching == "spacetime":
         x = _sort_by_place(info, x)
         plan = temporal_soft_matching(info.metric, r, protected=info.protected)
@@ -459,11 +445,7 @@ def _class_name(model: Any) -> str | None:
 
 
 def _info(model: nn.Module) -> _MergeInfo:
-    info = getattr(model, "__dict__", {}).get(_INFO_ATTR)
-    if info is None:
-        raise ValueError(f"this {type(model).__name__} is not patched by tomesd's transformers family; "
-                         "call tomesd.apply_patch(model, r=...) first")
-    return info
+    return sequence.patch_info(model, _INFO_ATTR, "transformers")
 
 
 def _register_attention() -> Callable:
