@@ -1,0 +1,230 @@
+"""The one hook mechanism: reads a :class:`~.table.ModelKind` and installs forward (pre-)hooks.
+
+Hooks are instances of the small classes below (picklable, no closures); their state lives in explicit
+per-model (:class:`~.context.LatentContext`) and per-block (:class:`BlockState`) objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...merge import MergePlan, bipartite_soft_matching_random2d, cells_in_grid, hash32, hashed_cell_choice, mergeable_count
+from ..state import PatchState
+from .context import LatentContext
+from .options import DiffusersOptions
+from .table import KV_POOLING_PROCESSORS, BlockKind, ModelKind
+
+
+def merge_count(tokens: int, grid: tuple[int, int], options: DiffusersOptions) -> int:
+    """The policy: how many of a block's ``tokens`` (per image, on an (h, w) grid) merge away.
+
+    0 at ratio 0, below ``min_tokens``, or where the grid cannot hold one sy×sx cell (the block then runs
+    unmerged). Otherwise ``int(tokens * ratio)``, capped at what the strides allow (the cap is what
+    :func:`tomesd.patch.diffusers.merge_report` shows as the effective ratio).
+    """
+    if options.ratio == 0 or tokens < options.min_tokens:
+        return 0
+    h, w = grid
+    return min(int(tokens * options.ratio), mergeable_count(h, w, options.sy, options.sx, options.matching == "local"))
+
+
+def block_grid(tokens: int, height: int, width: int, level: int) -> tuple[int, int]:
+    """The (h, w) token grid of a block ``level`` times smaller than a ``height`` x ``width`` latent.
+
+    Raises:
+        RuntimeError: ``tokens`` fits no downsampling of the latent (a layout the table does not describe).
+    """
+    h, w = -(-height // level), -(-width // level)
+    if h * w != tokens:  # a layout we did not foresee: derive the factor from the token count
+        level = max(1, round((height * width / max(tokens, 1)) ** 0.5))
+        h, w = -(-height // level), -(-width // level)
+    if h * w != tokens:
+        raise RuntimeError(f"tomesd: cannot place {tokens} tokens on the {height}x{width} latent grid")
+    return h, w
+
+
+def pools_keys_and_values(attention: nn.Module) -> bool:
+    """Whether pooled keys/values may be handed to ``attention`` as ``encoder_hidden_states``: only a
+    standard processor on unfused projections reads them purely as keys/values."""
+    processor = getattr(attention, "processor", None)
+    fused = getattr(attention, "fused_projections", False)
+    return not fused and type(processor).__name__ in KV_POOLING_PROCESSORS
+
+
+class BlockState:
+    """Per patched block: where it sits (its grid level, its index in the model) and, during its forward,
+    the similarity metric (its input) and the merge plan, computed on first use by a submodule."""
+
+    def __init__(self, context: LatentContext, kind: BlockKind, level: int, index: int, options: DiffusersOptions) -> None:
+        self.context = context
+        self.kind = kind
+        self.level = level
+        self.index = index
+        self.options = options
+        self.metric: Tensor | None = None
+        self.plan: MergePlan | None = None
+
+    def begin(self, hidden_states: Any) -> None:
+        """Start a block forward: its image input (B, N, C) is the metric; forget the previous plan."""
+        ok = isinstance(hidden_states, Tensor) and hidden_states.dim() == 3
+        self.metric, self.plan = (hidden_states if ok else None), None
+
+    def end(self) -> None:
+        """End a block forward: drop the references to its tensors."""
+        self.metric = self.plan = None
+
+    def plan_for(self, x: Tensor) -> MergePlan | None:
+        """The plan for tokens ``x`` (B, N, C), or None where merging does not apply to them."""
+        metric = self.metric
+        if metric is None or not self.context.started or x.dim() != 3 or x.shape[:2] != metric.shape[:2]:
+            return None
+        if self.plan is None:
+            self.plan = self._match(metric)
+        return self.plan
+
+    def grid(self, tokens: int) -> tuple[int, int]:
+        """This block's (h, w) token grid in the current forward."""
+        return block_grid(tokens, self.context.height, self.context.width, self.level)
+
+    def _match(self, metric: Tensor) -> MergePlan | None:
+        opts = self.options
+        h, w = self.grid(metric.shape[1])
+        r = merge_count(metric.shape[1], (h, w), opts)
+        if r == 0:
+            return None
+        choice = None
+        if opts.use_rand:
+            key = hash32(self.context.key ^ self.index)  # (1,): seed, timestep and block
+            choice = hashed_cell_choice(key, cells_in_grid(h, w, opts.sy, opts.sx), opts.sy * opts.sx)
+        return bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, choice, opts.matching == "local")
+
+    def pooled_kv(self, x: Tensor) -> Tensor:
+        """Keys/values for merged self-attention: ``x`` (B, N, C) average-pooled over kv_downsample²
+        patches of its grid (a patch never larger than the grid)."""
+        h, w = self.grid(x.shape[1])
+        k = self.options.kv_downsample
+        grid = x.transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w)
+        kernel = (min(k, h), min(k, w))
+        pooled = torch.nn.functional.avg_pool2d(grid, kernel, ceil_mode=True, count_include_pad=False)
+        return pooled.flatten(2).transpose(1, 2)  # (B, ceil(h/k) * ceil(w/k), C)
+
+
+class Slot:
+    """The plan a submodule's merge pre-hook used, handed to its unmerge hook."""
+
+    def __init__(self) -> None:
+        self.plan: MergePlan | None = None
+
+
+def _first(args: tuple, kwargs: dict, name: str) -> Any:
+    return args[0] if args else kwargs.get(name)
+
+
+class ModelEnter:
+    """Forward pre-hook on a patched model: start its :class:`LatentContext` from the latent and timestep."""
+
+    def __init__(self, context: LatentContext, kind: ModelKind) -> None:
+        self.context, self.kind = context, kind
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = _first(args, kwargs, self.kind.sample)
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        if isinstance(sample, Tensor) and sample.dim() >= 4:
+            self.context.begin(sample, timestep)
+
+
+class BlockEnter:
+    """Forward pre-hook on a block: its image input becomes the metric."""
+
+    def __init__(self, block: BlockState) -> None:
+        self.block = block
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.block.begin(_first(args, kwargs, self.block.kind.image_input))
+
+
+class BlockExit:
+    """Forward hook on a block: drop its metric and plan."""
+
+    def __init__(self, block: BlockState) -> None:
+        self.block = block
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self.block.end()
+
+
+class MergeInput:
+    """Forward pre-hook on a merged submodule: merge its first input's tokens and, in self-attention with
+    pooling on, hand it pooled keys/values (as ``encoder_hidden_states``, where the processor allows)."""
+
+    def __init__(self, block: BlockState, slot: Slot, self_attention: bool) -> None:
+        self.block, self.slot, self.self_attention = block, slot, self_attention
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        x = _first(args, kwargs, "hidden_states")
+        is_self = self.self_attention and kwargs.get("encoder_hidden_states") is None
+        masked = is_self and kwargs.get("attention_mask") is not None
+        plan = None if masked or not isinstance(x, Tensor) else self.block.plan_for(x)
+        self.slot.plan = plan
+        if plan is None:
+            return None
+        if is_self and self.block.options.kv_downsample > 1 and pools_keys_and_values(module):
+            kwargs = {**kwargs, "encoder_hidden_states": self.block.pooled_kv(x)}
+        merged = plan.merge(x)  # (B, N - r, C)
+        return ((merged, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": merged})
+
+
+class UnmergeOutput:
+    """Forward hook on a merged submodule: give its output back every token position."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        plan, self.slot.plan = self.slot.plan, None
+        if plan is None:
+            return None
+        if isinstance(output, tuple):
+            return (plan.unmerge(output[0]), *output[1:])
+        return plan.unmerge(output)  # (B, N, C)
+
+
+def selected_blocks(root: nn.Module, kind: ModelKind, options: DiffusersOptions) -> dict[nn.Module, int]:
+    """The blocks of ``root`` that get hooks, with their levels: those at or below ``max_downsample`` (or
+    the finest level with a block, if none is that fine); every block when it is None."""
+    levels = kind.locate(root, kind)
+    if not levels:
+        return {}
+    limit = max(levels.values()) if options.max_downsample is None else max(options.max_downsample, min(levels.values()))
+    return {block: level for block, level in levels.items() if level <= limit}
+
+
+def merged_submodules(block: nn.Module, kind: BlockKind, options: DiffusersOptions) -> list[tuple[str, nn.Module]]:
+    """The (name, submodule) pairs of ``block`` whose switch is on."""
+    switches = options.submodule_switches
+    return [(name, getattr(block, name)) for name, switch in kind.merges
+            if switches[switch] and getattr(block, name, None) is not None]
+
+
+def patch_model(root: nn.Module, kind: ModelKind, options: DiffusersOptions, state: PatchState) -> None:
+    """Hook ``root`` and every selected block's merged submodules, recording each hook in ``state``."""
+    context = LatentContext(options.seed, kind.frame_dim)
+    _hook(state, root, ModelEnter(context, kind), pre=True)
+    for index, (block, level) in enumerate(selected_blocks(root, kind, options).items()):
+        block_kind = kind.block_kind(block)
+        block_state = BlockState(context, block_kind, level, index, options)
+        _hook(state, block, BlockEnter(block_state), pre=True)
+        _hook(state, block, BlockExit(block_state), pre=False)
+        for name, sub in merged_submodules(block, block_kind, options):
+            slot = Slot()
+            _hook(state, sub, MergeInput(block_state, slot, name in block_kind.self_attention), pre=True)
+            _hook(state, sub, UnmergeOutput(slot), pre=False)
+
+
+def _hook(state: PatchState, module: nn.Module, hook: Any, pre: bool) -> None:
+    register = module.register_forward_pre_hook if pre else module.register_forward_hook
+    handle = register(hook, with_kwargs=True)
+    state.add_undo(handle.remove)
