@@ -56,6 +56,26 @@ def unet(kind: str = "sd1", in_channels: int = 4, seed: int = 0) -> UNet2DCondit
     ).eval()
 
 
+def mini_unet(kind: str = "sd1", seed: int = 0) -> UNet2DConditionModel:
+    """The smallest U-Nets with each layout, for tests that pay per traced block (``torch.compile``):
+    ``sd1`` has attention at level 1 only (one down, two up transformer blocks), ``sdxl`` at level 2 only
+    with SDXL's linear projections and text-time embeddings. Their mid blocks have no attention."""
+    torch.manual_seed(seed)
+    common = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=8,
+                  block_out_channels=(32, 32), mid_block_type="UNetMidBlock2D", attention_head_dim=8)
+    if kind == "sdxl":
+        return UNet2DConditionModel(
+            **common, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TEXT_DIM,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM,
+        ).eval()
+    return UNet2DConditionModel(
+        **common, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
+    ).eval()
+
+
 def controlnet(unet_model: UNet2DConditionModel, seed: int = 1) -> ControlNetModel:
     torch.manual_seed(seed)
     return ControlNetModel.from_unet(unet_model, conditioning_embedding_out_channels=(8, 16)).eval()

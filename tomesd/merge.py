@@ -223,10 +223,10 @@ def random2d_partition(
     """
     cells_y, cells_x = h // sy, w // sx
     cells, size = cells_y * cells_x, sy * sx
-    if isinstance(choice, torch.Generator):
+    if choice is None:
+        choice = torch.zeros(cells, dtype=torch.long, device=device)
+    elif not isinstance(choice, Tensor):  # a generator (tested last: dynamo cannot trace that isinstance)
         choice = torch.randint(size, (cells,), generator=choice, device=choice.device)
-    elif choice is None:
-        choice = torch.zeros(cells, dtype=torch.long)
     choice = choice.reshape(cells).to(device=device, dtype=torch.long)
     cell = torch.arange(cells, device=device)
     corner = (cell // cells_x) * (sy * w) + (cell % cells_x) * sx  # (cells,) top-left position of each cell

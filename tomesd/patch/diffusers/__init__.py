@@ -15,9 +15,13 @@ grid (pseudo-randomly with ``use_rand``, as a pure hash of seed, timestep, block
 share of tokens most similar to a destination are averaged into it before the merged operation, and copied
 back out after it. A block whose grid cannot hold one cell runs unmerged.
 
-Compiling: patch first, then ``torch.compile`` (``fullgraph=True`` works: the patched forward has no graph
-break and no host sync). Dynamo guards on the hooks a module has, so removing or re-applying the patch on a
-compiled model recompiles on the next call rather than running a stale graph.
+Compiling: patch first, then ``torch.compile`` (``fullgraph=True`` works: the patched forward is one graph
+with no break and no host sync, and a new timestep does not recompile). On a model compiled *with* the
+patch, ``remove_patch`` and re-applying other options recompile on the next call (dynamo guards on the
+number of hooks and on every patch setting the graph read), never running a stale graph. A model compiled
+*before* patching would keep running its unpatched graph (dynamo does not guard on hooks a module did not
+have), so ``apply_patch`` refuses one it can recognise (a ``torch.compile`` wrapper inside a pipeline,
+``module.compile()``); a compiled wrapper held elsewhere cannot be seen from the model: patch first.
 
 Adding a block kind (e.g. a DiT block): write one :class:`~.table.BlockKind` (which submodules merge under
 which switch, which of them are self-attention, which argument holds the image tokens), add it to the
@@ -106,13 +110,28 @@ def _components(model: Any) -> list[nn.Module]:
 
 
 def _known_roots(module: nn.Module) -> Iterator[tuple[nn.Module, ModelKind]]:
-    """The outermost modules under (or equal to) ``module`` with a table entry."""
+    """The outermost modules under (or equal to) ``module`` with a table entry.
+
+    Raises:
+        ValueError: one of them is already compiled: hooks added now would never run in its graph.
+    """
     kind = model_kind(module)
+    if _is_compiled(module) or (kind is not None and any(_is_compiled(m) for m in module.modules())):
+        raise ValueError(
+            f"{type(getattr(module, '_orig_mod', module)).__name__} is already compiled: a compiled graph never "
+            "sees hooks added later. Patch first, then compile (tomesd.apply_patch(pipe), then "
+            "pipe.unet = torch.compile(pipe.unet))"
+        )
     if kind is not None:
         yield module, kind
         return
     for child in module.children():
         yield from _known_roots(child)
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    """A ``torch.compile`` wrapper, or a module compiled in place (``module.compile()``)."""
+    return hasattr(module, "_orig_mod") or getattr(module, "_compiled_call_impl", None) is not None
 
 
 def _untemporal_modules(module: nn.Module) -> Iterator[nn.Module]:

@@ -12,33 +12,42 @@ from ...merge import hash32
 
 class LatentContext:
     """What every block of one model needs from the model's own input: the latent's height and width
-    (Python ints: shapes, so static under ``torch.compile``), its frame count, and ``key``, an int64
+    (Python ints: shapes, so static under ``torch.compile``), its frame count, and :attr:`key`, an int64
     tensor hashing the seed and the timestep, from which each block draws its destinations.
 
     Args:
         seed: the patch's ``seed`` option.
         frame_dim: the latent's frame dimension (video models) or None.
+        sample_arg: the model's forward argument holding the latent (when passed by keyword).
     """
 
-    def __init__(self, seed: int, frame_dim: int | None = None) -> None:
+    def __init__(self, seed: int, frame_dim: int | None = None, sample_arg: str = "sample") -> None:
         self.seed = seed
+        self.sample_arg = sample_arg
         self._seed_hash = int(hash32(torch.tensor(seed)))  # once, at patch time
         self.frame_dim = frame_dim
         self.height = self.width = 0
         self.frames = 1
-        self.key: Tensor | None = None
+        self.started = False  # False until the model's forward has set the latent size
+        self._timestep: Any = None
+        self._device: torch.device | None = None
+        self._key: Tensor | None = None
 
     def begin(self, sample: Tensor, timestep: Any) -> None:
-        """Start a forward of the model on ``sample``: remember its size and key the draw by the timestep
-        (equal timesteps draw equal destinations, whatever happened before)."""
+        """Start a forward of the model on ``sample``: remember its size and timestep. No tensor work
+        here: under ``torch.compile`` the model's own pre-hook runs outside its graph, so the key is
+        derived lazily, inside the graph, by the first block that needs it."""
         self.height, self.width = sample.shape[-2:]
         self.frames = sample.shape[self.frame_dim] if self.frame_dim is not None else 1
-        self.key = hash32(_timestep_key(timestep, sample.device) ^ self._seed_hash)  # (1,) int64
+        self._timestep, self._device, self._key, self.started = timestep, sample.device, None, True
 
     @property
-    def started(self) -> bool:
-        """Whether the model's forward has set the latent size (False for a block called on its own)."""
-        return self.key is not None
+    def key(self) -> Tensor:
+        """(1,) int64 hash of the seed and the current timestep: equal timesteps draw equal destinations,
+        whatever happened before."""
+        if self._key is None:
+            self._key = hash32(_timestep_key(self._timestep, self._device) ^ self._seed_hash)
+        return self._key
 
 
 def _timestep_key(timestep: Any, device: torch.device) -> Tensor:

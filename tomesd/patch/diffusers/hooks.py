@@ -1,11 +1,13 @@
 """The one hook mechanism: reads a :class:`~.table.ModelKind` and installs forward (pre-)hooks.
 
-Hooks are instances of the small classes below (picklable, no closures); their state lives in explicit
-per-model (:class:`~.context.LatentContext`) and per-block (:class:`BlockState`) objects.
+Hooks are instances of the small stateless classes below (picklable, no closures); the state lives in
+explicit per-model (:class:`~.context.LatentContext`), per-block (:class:`BlockState`) and per-submodule
+(:class:`MergeSite`) objects, set as attributes of the modules they belong to (and removed with the patch).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -112,11 +114,21 @@ class BlockState:
         return pooled.flatten(2).transpose(1, 2)  # (B, ceil(h/k) * ceil(w/k), C)
 
 
-class Slot:
-    """The plan a submodule's merge pre-hook used, handed to its unmerge hook."""
+class MergeSite:
+    """A mergeable submodule's part of its block: the block, whether the submodule is self-attention,
+    whether it merges under the current options, and the plan its merge pre-hook used, handed to its
+    unmerge hook."""
 
-    def __init__(self) -> None:
+    def __init__(self, block: BlockState, self_attention: bool, enabled: bool) -> None:
+        self.block, self.self_attention, self.enabled = block, self_attention, enabled
         self.plan: MergePlan | None = None
+
+
+# The hooks below keep no state of their own: they read it from the module they are called on, under these
+# attribute names. Dynamo does not guard on a module's hook objects (only on how many there are), but it
+# does guard on what a traced forward reads from the module: so a compiled model re-patched with other
+# options recompiles instead of running the old graph, and a deep copy's hooks use the copy's own state.
+CONTEXT, BLOCK, SITE = "_tomesd_context", "_tomesd_block", "_tomesd_site"
 
 
 def _first(args: tuple, kwargs: dict, name: str) -> Any:
@@ -126,53 +138,44 @@ def _first(args: tuple, kwargs: dict, name: str) -> Any:
 class ModelEnter:
     """Forward pre-hook on a patched model: start its :class:`LatentContext` from the latent and timestep."""
 
-    def __init__(self, context: LatentContext, kind: ModelKind) -> None:
-        self.context, self.kind = context, kind
-
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = _first(args, kwargs, self.kind.sample)
+        context: LatentContext = getattr(module, CONTEXT)
+        sample = _first(args, kwargs, context.sample_arg)
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
         if isinstance(sample, Tensor) and sample.dim() >= 4:
-            self.context.begin(sample, timestep)
+            context.begin(sample, timestep)
 
 
 class BlockEnter:
     """Forward pre-hook on a block: its image input becomes the metric."""
 
-    def __init__(self, block: BlockState) -> None:
-        self.block = block
-
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.block.begin(_first(args, kwargs, self.block.kind.image_input))
+        block: BlockState = getattr(module, BLOCK)
+        block.begin(_first(args, kwargs, block.kind.image_input))
 
 
 class BlockExit:
     """Forward hook on a block: drop its metric and plan."""
 
-    def __init__(self, block: BlockState) -> None:
-        self.block = block
-
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        self.block.end()
+        getattr(module, BLOCK).end()
 
 
 class MergeInput:
     """Forward pre-hook on a merged submodule: merge its first input's tokens and, in self-attention with
     pooling on, hand it pooled keys/values (as ``encoder_hidden_states``, where the processor allows)."""
 
-    def __init__(self, block: BlockState, slot: Slot, self_attention: bool) -> None:
-        self.block, self.slot, self.self_attention = block, slot, self_attention
-
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        site: MergeSite = getattr(module, SITE)
         x = _first(args, kwargs, "hidden_states")
-        is_self = self.self_attention and kwargs.get("encoder_hidden_states") is None
+        is_self = site.self_attention and kwargs.get("encoder_hidden_states") is None
         masked = is_self and kwargs.get("attention_mask") is not None
-        plan = None if masked or not isinstance(x, Tensor) else self.block.plan_for(x)
-        self.slot.plan = plan
+        plan = site.block.plan_for(x) if site.enabled and not masked and isinstance(x, Tensor) else None
+        site.plan = plan
         if plan is None:
             return None
-        if is_self and self.block.options.kv_downsample > 1 and pools_keys_and_values(module):
-            kwargs = {**kwargs, "encoder_hidden_states": self.block.pooled_kv(x)}
+        if is_self and site.block.options.kv_downsample > 1 and pools_keys_and_values(module):
+            kwargs = {**kwargs, "encoder_hidden_states": site.block.pooled_kv(x)}
         merged = plan.merge(x)  # (B, N - r, C)
         return ((merged, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": merged})
 
@@ -180,11 +183,9 @@ class MergeInput:
 class UnmergeOutput:
     """Forward hook on a merged submodule: give its output back every token position."""
 
-    def __init__(self, slot: Slot) -> None:
-        self.slot = slot
-
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        plan, self.slot.plan = self.slot.plan, None
+        site: MergeSite = getattr(module, SITE)
+        plan, site.plan = site.plan, None
         if plan is None:
             return None
         if isinstance(output, tuple):
@@ -210,18 +211,34 @@ def merged_submodules(block: nn.Module, kind: BlockKind, options: DiffusersOptio
 
 
 def patch_model(root: nn.Module, kind: ModelKind, options: DiffusersOptions, state: PatchState) -> None:
-    """Hook ``root`` and every selected block's merged submodules, recording each hook in ``state``."""
-    context = LatentContext(options.seed, kind.frame_dim)
-    _hook(state, root, ModelEnter(context, kind), pre=True)
-    for index, (block, level) in enumerate(selected_blocks(root, kind, options).items()):
+    """Hook ``root``, every block it holds and each block's mergeable submodules, recording each change in
+    ``state``. The same hooks go on whatever the options: which blocks and submodules merge is state the
+    hooks read (so a compiled model re-patched with other options sees the change through dynamo's guards
+    on that state, which it would not through hooks added to a module that had none)."""
+    context = LatentContext(options.seed, kind.frame_dim, kind.sample)
+    _attach(state, root, CONTEXT, context)
+    _hook(state, root, ModelEnter(), pre=True)
+    selected = selected_blocks(root, kind, options)
+    for index, (block, level) in enumerate(kind.locate(root, kind).items()):
         block_kind = kind.block_kind(block)
         block_state = BlockState(context, block_kind, level, index, options)
-        _hook(state, block, BlockEnter(block_state), pre=True)
-        _hook(state, block, BlockExit(block_state), pre=False)
-        for name, sub in merged_submodules(block, block_kind, options):
-            slot = Slot()
-            _hook(state, sub, MergeInput(block_state, slot, name in block_kind.self_attention), pre=True)
-            _hook(state, sub, UnmergeOutput(slot), pre=False)
+        _attach(state, block, BLOCK, block_state)
+        _hook(state, block, BlockEnter(), pre=True)
+        _hook(state, block, BlockExit(), pre=False)
+        enabled = {name for name, _ in merged_submodules(block, block_kind, options)} if block in selected else set()
+        for name, _switch in block_kind.merges:
+            sub = getattr(block, name, None)
+            if sub is not None:
+                _attach(state, sub, SITE, MergeSite(block_state, name in block_kind.self_attention, name in enabled))
+                _hook(state, sub, MergeInput(), pre=True)
+                _hook(state, sub, UnmergeOutput(), pre=False)
+
+
+def _attach(state: PatchState, module: nn.Module, name: str, value: Any) -> None:
+    """Set a patch attribute on ``module`` (none of these exists unpatched); the undo deletes it. The undo
+    is a ``partial`` of ``delattr``, not a lambda, so the patch state pickles with the model."""
+    setattr(module, name, value)
+    state.add_undo(functools.partial(delattr, module, name))
 
 
 def _hook(state: PatchState, module: nn.Module, hook: Any, pre: bool) -> None:
