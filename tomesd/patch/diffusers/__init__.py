@@ -37,11 +37,13 @@ within each cell, and merged self-attention pools its keys and values 2x2. 0.1.3
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from torch import nn
 
+from ...merge import cells_in_grid
 from ..state import PatchState
 from .hooks import block_grid, merge_count, merged_submodules, patch_model, pools_keys_and_values, selected_blocks
 from .options import HELP, OPTIONS, DiffusersOptions
@@ -73,7 +75,27 @@ def apply(model: Any, state: PatchState, **options: Any) -> None:
     opts = DiffusersOptions(**options)
     targets = find_targets(model)
     for root, kind in targets:
+        _warn_if_no_cell_fits(root, kind, opts)
         patch_model(root, kind, opts, state)
+
+
+def _warn_if_no_cell_fits(root: nn.Module, kind: ModelKind, opts: DiffusersOptions) -> None:
+    """Say so at apply time when, at the model's native latent size (``config.sample_size``), no selected
+    block's grid holds one sy×sx cell: nothing would merge there (such blocks run unmerged)."""
+    size = getattr(getattr(root, "config", None), "sample_size", None)
+    size = (size, size) if isinstance(size, int) else size
+    if not size or len(size) != 2:
+        return
+    levels = set(selected_blocks(root, kind, opts).values())
+    grids = {(-(-size[0] // level), -(-size[1] // level)) for level in levels}
+    if levels and all(cells_in_grid(h, w, opts.sy, opts.sx) == 0 for h, w in grids):
+        warnings.warn(
+            f"tomesd: at {type(root).__name__}'s native latent size {size[0]}x{size[1]}, no block's token grid "
+            f"holds one {opts.sy}x{opts.sx} cell (grids {', '.join(f'{h}x{w}' for h, w in sorted(grids))}): those "
+            "blocks run unmerged; lower sx/sy or use a larger resolution",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
