@@ -7,6 +7,7 @@ explicit per-model (:class:`~.context.LatentContext`), per-block (:class:`BlockS
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -101,7 +102,12 @@ class BlockState:
         if opts.use_rand:
             key = hash32(self.context.key ^ self.index)  # (1,): seed, timestep and block
             choice = hashed_cell_choice(key, cells_in_grid(h, w, opts.sy, opts.sx), opts.sy * opts.sx)
-        return bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, choice, opts.matching == "local")
+        frames = self.context.frames
+        shared = opts.share_frames and frames > 1 and metric.shape[0] % frames == 0
+        if shared:  # rows are (clip, frame), frame-minor: match the clip's mean frame once
+            metric = metric.unflatten(0, (-1, frames)).mean(1)  # (B, N, C)
+        plan = bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, choice, opts.matching == "local")
+        return _repeat_per_frame(plan, frames) if shared else plan
 
     def pooled_kv(self, x: Tensor) -> Tensor:
         """Keys/values for merged self-attention: ``x`` (B, N, C) average-pooled over kv_downsample²
@@ -112,6 +118,13 @@ class BlockState:
         kernel = (min(k, h), min(k, w))
         pooled = torch.nn.functional.avg_pool2d(grid, kernel, ceil_mode=True, count_include_pad=False)
         return pooled.flatten(2).transpose(1, 2)  # (B, ceil(h/k) * ceil(w/k), C)
+
+
+def _repeat_per_frame(plan: MergePlan, frames: int) -> MergePlan:
+    """A per-clip plan (B rows) as the plan of its B * frames frame rows, each frame merged alike."""
+    return dataclasses.replace(plan, unm=plan.unm.repeat_interleave(frames, 0),
+                               merged=plan.merged.repeat_interleave(frames, 0),
+                               target=plan.target.repeat_interleave(frames, 0))
 
 
 class MergeSite:

@@ -71,6 +71,11 @@ class DiffusersOptions:
         "'local' (default): each candidate may only join its own cell's destination, O(N*C); 'global' (ToMe, "
         "tomesd 0.1.3): any destination, an all-pairs similarity.",
     )
+    share_frames: bool = _option(
+        False,
+        "video U-Nets: match once per clip, on the frames' mean, and merge every frame with that plan "
+        "(cheaper matching, the same tokens merged in every frame); False matches each frame on its own.",
+    )
 
     def __post_init__(self) -> None:
         _check_number("ratio", self.ratio, float)
@@ -89,7 +94,7 @@ class DiffusersOptions:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.min_tokens < 0:
             raise ValueError(f"min_tokens must be 0 or more; got {self.min_tokens!r}")
-        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp"):
+        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp", "share_frames"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.matching not in MATCHINGS:

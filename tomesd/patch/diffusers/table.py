@@ -99,6 +99,13 @@ MODELS: dict[str, ModelKind] = {
     for kind in (
         ModelKind("UNet2DConditionModel", (BASIC,), unet_levels),
         ModelKind("ControlNetModel", (BASIC,), unet_levels),
+        # Video U-Nets: the spatial blocks see (B * frames, h * w, C), one frame per row; the motion /
+        # temporal blocks (tokens = frames) are left alone. SVD's are another class (TemporalBasicTransformerBlock).
+        ModelKind("UNetMotionModel", (BASIC,), unet_levels, frame_dim=2, temporal=("AnimateDiffTransformer3D",)),
+        ModelKind("UNet3DConditionModel", (BASIC,), unet_levels, frame_dim=2, temporal=("TransformerTemporalModel",)),
+        ModelKind("I2VGenXLUNet", (BASIC,), unet_levels, frame_dim=2,
+                  temporal=("TransformerTemporalModel", "I2VGenXLTransformerTemporalEncoder")),
+        ModelKind("UNetSpatioTemporalConditionModel", (BASIC,), unet_levels, frame_dim=1),
     )
 }
 
