@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 import tiny
 import tomesd
@@ -90,20 +91,29 @@ def test_share_frames_merges_every_frame_of_a_clip_alike(kind):
             assert alike == share  # random frames: separate plans differ, a shared one is the same
 
 
-def test_animatediff_pipeline_runs_end_to_end_patched_and_restores_exactly(tmp_path):
-    pipe = tiny.animatediff_pipeline(tmp_path)
+def _animatediff_call(pipe):
+    return pipe(prompt="a red circle", num_frames=tiny.FRAMES, num_inference_steps=2, height=32, width=32,
+                output_type="np", generator=torch.Generator().manual_seed(0)).frames
+
+
+def _svd_call(pipe):
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    return pipe(image, num_frames=tiny.FRAMES, num_inference_steps=2, height=32, width=32, decode_chunk_size=tiny.FRAMES,
+                output_type="np", generator=torch.Generator().manual_seed(0)).frames
+
+
+@pytest.mark.parametrize("build,call", [(tiny.animatediff_pipeline, _animatediff_call), (tiny.svd_pipeline, _svd_call)],
+                         ids=["animatediff", "svd"])
+def test_video_pipelines_run_end_to_end_patched_and_restore_exactly(build, call, tmp_path):
+    pipe = build(tmp_path)
     pipe.set_progress_bar_config(disable=True)
-
-    def call():
-        return pipe(prompt="a red circle", num_frames=tiny.FRAMES, num_inference_steps=2, height=32, width=32,
-                    output_type="np", generator=torch.Generator().manual_seed(0)).frames
-
-    base = call()
+    base = call(pipe)
     tomesd.apply_patch(pipe, ratio=0.5, **ANY)
     assert tomesd.is_patched(pipe)
-    seen = _token_counts(pipe.unet, call, ("attn1",))["attn1"]
+    seen = _token_counts(pipe.unet, lambda: call(pipe), ("attn1",))["attn1"]
     assert 128 in seen and 256 not in seen  # the 16x16 latent's spatial blocks merge
-    patched = call()
+    patched = call(pipe)
     assert patched.shape == base.shape and not (patched == base).all()
+    assert abs(patched - base).mean() < 0.1  # random weights, two steps: frames move a little (values in [0, 1])
     tomesd.remove_patch(pipe)
-    assert (call() == base).all()
+    assert (call(pipe) == base).all()

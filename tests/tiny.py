@@ -212,3 +212,23 @@ def animatediff_pipeline(folder: Path):
 
     return AnimateDiffPipeline(vae=vae(), text_encoder=text_encoder(), tokenizer=tokenizer(folder), unet=unet("sd1"),
                                motion_adapter=motion_adapter(), scheduler=scheduler())
+
+
+def svd_pipeline(folder: Path):
+    """A toy Stable Video Diffusion pipeline: :func:`video_unet` ``svd``, a temporal-decoder VAE and a CLIP
+    image encoder at the 224 px the pipeline resizes to (32 px patches: 49 tokens)."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    temporal_vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                                                latent_channels=4, layers_per_block=1).eval()
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=TEXT_DIM, num_hidden_layers=2, num_attention_heads=4, image_size=224,
+        intermediate_size=37, patch_size=32)).eval()
+    euler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+        interpolation_type="linear", use_karras_sigmas=True, sigma_min=0.002, sigma_max=700.0,
+        timestep_spacing="leading", timestep_type="continuous", steps_offset=1)
+    return StableVideoDiffusionPipeline(vae=temporal_vae, image_encoder=encoder, unet=video_unet("svd"), scheduler=euler,
+                                        feature_extractor=CLIPImageProcessor(crop_size=224, size=224))
