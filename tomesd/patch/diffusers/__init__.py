@@ -45,7 +45,7 @@ from torch import nn
 
 from ...merge import cells_in_grid
 from ..state import PatchState
-from .hooks import block_grid, merge_count, merged_submodules, patch_model, pools_keys_and_values, selected_blocks
+from .hooks import merge_count, merged_submodules, patch_model, pooled_tokens, pools_keys_and_values, selected_blocks
 from .options import HELP, OPTIONS, DiffusersOptions
 from .table import MODELS, ModelKind, model_kind, temporal_containers
 
@@ -236,16 +236,15 @@ def merge_report(model: Any, latent_size: tuple[int, int], **options: Any) -> li
 
 def _block_report(root: nn.Module, name: str, block: nn.Module, kind: ModelKind, level: int, selected: bool,
                   height: int, width: int, opts: DiffusersOptions) -> BlockReport:
-    grid = (-(-height // level), -(-width // level))
+    grid = (-(-height // level), -(-width // level))  # as the hooks see it (block_grid)
     tokens = grid[0] * grid[1]
     block_kind = kind.block_kind(block)
-    merged = merge_count(tokens, block_grid(tokens, height, width, level), opts) if selected else 0
+    merged = merge_count(tokens, grid, opts) if selected else 0
     submodules = tuple(name for name, _ in merged_submodules(block, block_kind, opts)) if merged else ()
     kv_tokens = tokens
     pooling = [getattr(block, n) for n in submodules if n in block_kind.self_attention]
     if opts.kv_downsample > 1 and pooling and pools_keys_and_values(pooling[0]):
-        k = opts.kv_downsample
-        kv_tokens = -(-grid[0] // min(k, grid[0])) * -(-grid[1] // min(k, grid[1]))
+        kv_tokens = pooled_tokens(grid, opts.kv_downsample)
     reason = "" if submodules else _reason(selected, tokens, grid, merged, opts)
     return BlockReport(type(root).__name__, name, level, tokens, grid, submodules, merged, opts.ratio,
                        merged / tokens, kv_tokens, reason)

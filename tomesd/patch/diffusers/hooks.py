@@ -113,11 +113,21 @@ class BlockState:
         """Keys/values for merged self-attention: ``x`` (B, N, C) average-pooled over kv_downsample²
         patches of its grid (a patch never larger than the grid)."""
         h, w = self.grid(x.shape[1])
-        k = self.options.kv_downsample
         grid = x.transpose(1, 2).unflatten(2, (h, w))  # (B, C, h, w)
-        kernel = (min(k, h), min(k, w))
+        kernel = _pool_kernel((h, w), self.options.kv_downsample)
         pooled = torch.nn.functional.avg_pool2d(grid, kernel, ceil_mode=True, count_include_pad=False)
-        return pooled.flatten(2).transpose(1, 2)  # (B, ceil(h/k) * ceil(w/k), C)
+        return pooled.flatten(2).transpose(1, 2)  # (B, pooled_tokens((h, w), k), C)
+
+
+def _pool_kernel(grid: tuple[int, int], k: int) -> tuple[int, int]:
+    """The kv pooling patch on an (h, w) grid: k x k, never larger than the grid."""
+    return min(k, grid[0]), min(k, grid[1])
+
+
+def pooled_tokens(grid: tuple[int, int], k: int) -> int:
+    """How many keys/values :meth:`BlockState.pooled_kv` leaves of an (h, w) grid pooled ``k`` x ``k``."""
+    ky, kx = _pool_kernel(grid, k)
+    return -(-grid[0] // ky) * -(-grid[1] // kx)
 
 
 def _repeat_per_frame(plan: MergePlan, frames: int) -> MergePlan:
