@@ -26,6 +26,15 @@ needs_eager_plan = pytest.mark.xfail(_LAZY_PLAN, reason="MergePlan still uses ca
                                      strict=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo's cache is per code object, shared by every model of a class: start each test empty, so
+    graphs compiled for another test's model are neither reused nor counted."""
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
+
+
 class CountingBackend:
     """A dynamo backend that runs graphs eagerly and counts how many it was given."""
 
