@@ -29,7 +29,6 @@ from test_patch_sam import ENCODERS, encoder_by_name  # noqa: E402
 from test_patch_timm import ARCHITECTURES, build  # noqa: E402
 from tomesd.merge import (  # noqa: E402
     bipartite_soft_matching,
-    bipartite_soft_matching_cells,
     merge_source,
     merge_wavg,
 )
@@ -80,7 +79,7 @@ def merge_everything(metric: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tenso
     """Make plans and use every way of applying one, as the patches do inside a forward."""
     plan = bipartite_soft_matching(metric, r=5, protected=1)
     features, size = merge_wavg(plan, x)
-    cells = bipartite_soft_matching_cells(metric, 4, 4, 2, 2, r=12)
+    cells = bipartite_soft_matching_random2d(metric, 4, 4, 2, 2, r=12)
     mean = cells.merge(x)
     return (features, size, merge_source(plan, None), plan.merge(x, mode="amax"), plan.unmerge(features),
             plan.rows, mean, cells.unmerge(mean))

@@ -5,10 +5,8 @@ import torch
 
 from tomesd.merge import (
     bipartite_soft_matching,
-    bipartite_soft_matching_cells,
     bipartite_soft_matching_random2d,
     block_merge,
-    cell_partition,
     merge_source,
     merge_wavg,
     random2d_partition,
@@ -199,8 +197,8 @@ def test_local_matching_picks_the_most_similar_candidates():
 
 
 @pytest.mark.parametrize("h,w,sy,sx", [(8, 8, 2, 2), (7, 5, 2, 2), (9, 6, 3, 2), (1, 1, 2, 2), (4, 4, 1, 1)])
-def test_cell_partition_takes_each_cells_first_token_and_every_other_token_as_a_candidate(h, w, sy, sx):
-    keep, src, dst = cell_partition(h, w, sy, sx)
+def test_partition_without_choice_takes_each_cells_first_token_and_every_other_token_as_a_candidate(h, w, sy, sx):
+    keep, src, dst = random2d_partition(h, w, sy, sx)
     assert keep.numel() == 0
     assert dst.tolist() == [cy * sy * w + cx * sx for cy in range(h // sy) for cx in range(w // sx)]
     assert src.tolist() == sorted(set(range(h * w)) - set(dst.tolist()))
@@ -210,7 +208,7 @@ def test_cells_matching_with_every_candidate_merged_leaves_the_destination_grid(
     # SAM's use: r = all candidates, so the merged sequence is one row per cell, in the cells' order,
     # each the mean of its destination and the candidates that joined it
     x = _tokens(batch=2, n=6 * 4, c=5)
-    plan = bipartite_soft_matching_cells(x, 4, 6, 2, 3, r=1000)
+    plan = bipartite_soft_matching_random2d(x, 4, 6, 2, 3, r=1000)  # no choice: first tokens, as SAM
     merged = plan.merge(x)  # (B, 2 * 2, C)
     assert plan.r == 24 - 4 and merged.shape == (2, 4, 5)
     for b in range(2):

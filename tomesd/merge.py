@@ -25,10 +25,8 @@ from torch import Tensor
 __all__ = [
     "MergePlan",
     "bipartite_soft_matching",
-    "bipartite_soft_matching_cells",
     "bipartite_soft_matching_random2d",
     "block_merge",
-    "cell_partition",
     "merge_source",
     "merge_wavg",
     "random2d_partition",
@@ -177,71 +175,104 @@ def sequence_partition(num_tokens: int, protected: int, device: torch.device | N
     return positions[:protected], positions[protected::2], positions[protected + 1 :: 2]
 
 
-def cell_partition(
-    h: int, w: int, sy: int, sx: int, device: torch.device | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A fixed split of an h×w token grid: each ``sy``×``sx`` cell's first (top-left) token is its destination.
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9  # spreads consecutive cell indices over the hash input
 
-    Positions come from arithmetic on one ``arange`` (no masks, no ``nonzero``), so the split traces
-    under ``torch.compile`` with static shapes and creates no tensor off ``device``.
 
-    Returns:
-        (keep, src, dst) position tensors: keep is empty; dst holds one position per whole cell, in the
-        cells' row-major order; src every other position, ascending (tokens outside the last whole
-        cell, for sizes that are not multiples of the strides, are candidates too).
+def hash32(x: Tensor) -> Tensor:
+    """A pure integer hash of an int64 tensor, elementwise, onto [0, 2**32).
+
+    Plain tensor arithmetic (xor, shift, multiply, mask) that never leaves int64 range, so it traces
+    under ``torch.compile`` and gives the same bits on every device: the destination draw's randomness.
     """
-    cells_y, cells_x = h // sy, w // sx
-    positions = torch.arange(h * w, device=device).view(h, w)
-    in_cells = positions[: cells_y * sy, : cells_x * sx]
-    cells = in_cells.reshape(cells_y, sy, cells_x, sx).transpose(1, 2).reshape(cells_y * cells_x, sy * sx)
-    outside = (positions[: cells_y * sy, cells_x * sx :].flatten(), positions[cells_y * sy :].flatten())
-    src = torch.cat((cells[:, 1:].flatten(), *outside)).sort().values
-    return positions.new_empty(0), src, cells[:, 0]
+    x = x & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
 
 
-def bipartite_soft_matching_cells(metric: Tensor, w: int, h: int, sx: int, sy: int, r: int) -> MergePlan:
-    """Matching on an h×w grid with the fixed destinations of :func:`cell_partition`.
+def hashed_cell_choice(key: Tensor, cells: int, cell_size: int) -> Tensor:
+    """(cells,) a pseudo-random position in [0, cell_size) for every cell, a pure function of ``key``.
 
     Args:
-        metric: (B, h*w, C) similarity features.
-        w, h: the token grid, row-major.
-        sx, sy: destination strides: one destination per sy×sx cell.
-        r: tokens to remove (clamped to the number of candidates); with every candidate merged the
-            merged sequence is the destinations alone, in the cells' row-major order, i.e. a
-            (h // sy, w // sx) grid.
+        key: int64 tensor whose first entry seeds the draw (e.g. a hash of seed, timestep and block).
+        cells: how many cells to draw for.
+        cell_size: positions per cell (sy * sx).
 
     Returns:
-        A :class:`MergePlan` for sequences of length h*w.
+        An int64 tensor on ``key``'s device. No generator, no host copy: a recomputation (gradient
+        checkpointing, a compiled graph) with the same key draws the same positions.
     """
-    keep, src, dst = cell_partition(h, w, sy, sx, metric.device)
-    return _match(metric, keep, src, dst, r)
+    index = torch.arange(cells, device=key.device)
+    return hash32(hash32(key.reshape(-1)[:1]) + index * _GOLDEN) % cell_size
 
 
 def random2d_partition(
-    h: int, w: int, sy: int, sx: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    h: int,
+    w: int,
+    sy: int,
+    sx: int,
+    choice: Tensor | torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ToMe-for-SD split of an h×w token grid: one destination per ``sy``×``sx`` cell.
 
-    The destination inside each cell is drawn with ``generator`` (a dedicated one, never the global RNG);
-    ``generator=None`` takes each cell's first token. Tokens outside the last whole cell (sizes that are
-    not multiples of the strides) are candidates. Returns (keep, src, dst) position tensors (keep is empty).
+    Positions come from arithmetic on the cell grid (no boolean masks, no ``nonzero``): the shapes depend
+    only on (h, w, sy, sx), so the split traces under ``torch.compile`` with static shapes.
+
+    Args:
+        h, w: the token grid, row-major.
+        sy, sx: cell size.
+        choice: each cell's destination inside the cell, in [0, sy*sx) row-major: a (cells,) tensor (see
+            :func:`hashed_cell_choice`), a dedicated ``torch.Generator`` to draw it from (never the global
+            RNG), or None for each cell's first token.
+        device: where the position tensors go.
+
+    Returns:
+        (keep, src, dst) position tensors: keep is empty; dst holds one position per cell in the cells'
+        row-major order; src every other position, ascending (tokens outside the last whole cell, when
+        h or w is not a multiple of the stride, are candidates).
     """
     cells_y, cells_x = h // sy, w // sx
-    if generator is None:
-        choice = torch.zeros(cells_y, cells_x, dtype=torch.long)
-    else:
-        choice = torch.randint(sy * sx, (cells_y, cells_x), generator=generator, device=generator.device).cpu()
-    is_dst = torch.zeros(cells_y, cells_x, sy * sx, dtype=torch.bool)
-    is_dst.scatter_(2, choice.unsqueeze(-1), True)
-    is_dst = is_dst.view(cells_y, cells_x, sy, sx).transpose(1, 2).reshape(cells_y * sy, cells_x * sx)
-    grid = torch.zeros(h, w, dtype=torch.bool)
-    grid[: cells_y * sy, : cells_x * sx] = is_dst
-    flat = grid.flatten()
-    dst = flat.nonzero().squeeze(1)
-    dst = dst[_cell_of(dst, w, sy, sx).argsort()]  # one per cell, in the cells' row-major order
-    src = (~flat).nonzero().squeeze(1)
-    keep = torch.empty(0, dtype=torch.long)
-    return keep.to(device), src.to(device), dst.to(device)
+    cells, size = cells_y * cells_x, sy * sx
+    if choice is None:
+        choice = torch.zeros(cells, dtype=torch.long, device=device)
+    elif not isinstance(choice, Tensor):  # a generator (tested last: dynamo cannot trace that isinstance)
+        choice = torch.randint(size, (cells,), generator=choice, device=choice.device)
+    choice = choice.reshape(cells).to(device=device, dtype=torch.long)
+    cell = torch.arange(cells, device=device)
+    corner = (cell // cells_x) * (sy * w) + (cell % cells_x) * sx  # (cells,) top-left position of each cell
+    dst = corner + _offset(choice, w, sx)
+    others = torch.arange(size - 1, device=device)
+    others = others + (others >= choice.unsqueeze(1)).long()  # (cells, size - 1): every offset but the choice
+    inside = (corner.unsqueeze(1) + _offset(others, w, sx)).flatten()
+    src = torch.cat([inside, _outside_cells(h, w, cells_y * sy, cells_x * sx, device)]).sort().values
+    return torch.empty(0, dtype=torch.long, device=device), src, dst
+
+
+def _offset(within: Tensor, w: int, sx: int) -> Tensor:
+    """Flat-grid offset of row-major positions ``within`` a cell of width ``sx``, on a grid ``w`` wide."""
+    return (within // sx) * w + within % sx
+
+
+def _outside_cells(h: int, w: int, covered_h: int, covered_w: int, device: torch.device | None) -> Tensor:
+    """Positions right of and below the whole cells (which cover ``covered_h`` x ``covered_w``)."""
+    right = torch.arange(covered_h, device=device).unsqueeze(1) * w + torch.arange(covered_w, w, device=device)
+    return torch.cat([right.flatten(), torch.arange(covered_h * w, h * w, device=device)])
+
+
+def cells_in_grid(h: int, w: int, sy: int, sx: int) -> int:
+    """How many whole ``sy``×``sx`` cells (destinations) an h×w grid holds."""
+    return (h // sy) * (w // sx)
+
+
+def mergeable_count(h: int, w: int, sy: int, sx: int, local: bool) -> int:
+    """The most tokens a 2-D matching can remove from an h×w grid: every candidate with a destination
+    (``local``: only candidates inside whole cells, which can reach their own cell's destination)."""
+    cells = cells_in_grid(h, w, sy, sx)
+    if cells == 0:
+        return 0
+    return cells * (sy * sx - 1) if local else h * w - cells
 
 
 def _cell_of(positions: Tensor, w: int, sy: int, sx: int) -> Tensor:
@@ -277,7 +308,7 @@ def bipartite_soft_matching_random2d(
     sx: int,
     sy: int,
     r: int,
-    generator: torch.Generator | None = None,
+    choice: Tensor | torch.Generator | None = None,
     local: bool = False,
 ) -> MergePlan:
     """ToMe-for-SD matching for an h×w grid of spatial tokens: destinations are one token per sy×sx cell.
@@ -286,21 +317,27 @@ def bipartite_soft_matching_random2d(
         metric: (B, h*w, C) similarity features (usually the normed hidden states).
         w, h: the token grid, row-major.
         sx, sy: destination strides.
-        r: tokens to remove (clamped to the number of candidates).
-        generator: draws the destination inside each cell; ``None`` takes the cell's first token.
+        r: tokens to remove, clamped to :func:`mergeable_count` (callers that must not cap silently
+            compare against it first).
+        choice: each cell's destination (see :func:`random2d_partition`); ``None`` takes the cell's first
+            token.
         local: each candidate may only join its own cell's destination: O(N·C) matching instead of
             all-pairs O(N²·C), at the cost of never merging across cells. Tokens outside whole cells
-            (sizes that are not multiples of the strides) then stay unmerged, and ``r`` is clamped to
-            the candidates inside cells.
+            (sizes that are not multiples of the strides) then stay unmerged.
 
     Returns:
         A :class:`MergePlan` for sequences of length h*w.
+
+    Raises:
+        ValueError: the grid holds no whole sy×sx cell (there is no destination to merge into).
     """
-    keep, src, dst = random2d_partition(h, w, sy, sx, generator, metric.device)
+    if cells_in_grid(h, w, sy, sx) == 0:
+        raise ValueError(f"a {h}x{w} token grid holds no whole {sy}x{sx} cell: there is no destination to merge into")
+    keep, src, dst = random2d_partition(h, w, sy, sx, choice, metric.device)
+    r = min(r, mergeable_count(h, w, sy, sx, local))
     if not local:
         return _match(metric, keep, src, dst, r)
-    candidates_in_cells = (h // sy) * (w // sx) * (sy * sx - 1)
-    return _match(metric, keep, src, dst, min(r, candidates_in_cells), _own_cell_destination(src, h, w, sy, sx))
+    return _match(metric, keep, src, dst, r, _own_cell_destination(src, h, w, sy, sx))
 
 
 def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ and the relative-position terms (all computed per query) in place, and those dom
 attention; merging the queries too shrinks every one of them (by (sy*sx)^2 for the logits).
 
 ``torch.compile``: a patched encoder traces as one graph (``fullgraph=True``, no graph break, no host
-sync): the destinations are fixed (each cell's first token, :func:`tomesd.merge.cell_partition`), so the
+sync): the destinations are fixed (each cell's first token: :func:`tomesd.merge.random2d_partition` with no choice), so the
 merged grid's shape depends on the input size and strides only. Dynamo guards on the patched forwards:
 after ``tomesd.remove_patch`` or a new ``apply_patch`` a compiled encoder recompiles, never runs a stale graph.
 """
@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from ..merge import bipartite_soft_matching_cells
+from ..merge import bipartite_soft_matching_random2d
 from .state import PatchState
 
 __all__ = ["OPTIONS", "apply", "supports"]
@@ -97,7 +97,7 @@ def _run_merged(forward: Callable[..., Any], sx: int, sy: int, *args: Any, **kwa
     if grid_h == 0 or grid_w == 0:
         return forward(x, *args, **kwargs)
     tokens = x.reshape(batch, h * w, channels)  # (B, h*w, C)
-    plan = bipartite_soft_matching_cells(tokens, w, h, sx, sy, r=h * w - grid_h * grid_w)
+    plan = bipartite_soft_matching_random2d(tokens, w, h, sx, sy, r=h * w - grid_h * grid_w)  # choice None: first tokens
     merged = plan.merge(tokens).view(batch, grid_h, grid_w, channels)  # (B, h/sy, w/sx, C)
     result = forward(merged, *args, **kwargs)
     # transformers' SAM attention returns (output, weights); weights over merged tokens are not returned

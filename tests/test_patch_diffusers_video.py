@@ -1,0 +1,119 @@
+"""Video U-Nets (AnimateDiff, SVD, text-to-video UNet3D, I2VGen-XL) on tiny seeded configs.
+
+Spatial blocks merge per frame; motion/temporal blocks (tokens = frames) are left alone. Exact
+(torch.equal) at ratio 0 and after remove_patch; token counts for what merges; tolerances nowhere needed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import tiny
+import tomesd
+from test_patch_diffusers import TokenLog, _assert_same_as, _snapshot, _token_counts
+
+KINDS = ["motion", "svd", "unet3d", "i2vgen"]
+ANY = {"min_tokens": 0}
+
+
+def _run(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).sample
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ratio_zero_and_remove_patch_are_bit_identical(kind):
+    model, inputs = tiny.video_unet(kind), tiny.video_inputs(kind)
+    base = _run(model, inputs)
+    before = _snapshot(model)
+    tomesd.apply_patch(model, ratio=0.0, merge_crossattn=True, **ANY)
+    assert torch.equal(_run(model, inputs), base)
+    tomesd.apply_patch(model, ratio=0.5, merge_crossattn=True, **ANY)
+    assert not torch.equal(_run(model, inputs), base)
+    tomesd.remove_patch(model)
+    _assert_same_as(model, before)
+    assert torch.equal(_run(model, inputs), base)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spatial_blocks_merge_per_frame_and_temporal_blocks_are_left_alone(kind):
+    model, inputs = tiny.video_unet(kind), tiny.video_inputs(kind)  # 16x16 latent: 256 and 64 tokens a frame
+    base = _token_counts(model, lambda: _run(model, inputs), ("attn1", "ff"))
+    tomesd.apply_patch(model, ratio=0.5, **ANY)
+    seen = _token_counts(model, lambda: _run(model, inputs), ("attn1", "ff"))
+    temporal = [n for n in base["attn1"] if n == tiny.FRAMES]  # the motion blocks attend over the 3 frames
+    assert (len(temporal) > 0) == (kind != "svd")  # SVD's temporal blocks are another class
+    for name in ("attn1", "ff"):
+        assert sorted(set(base[name])) == sorted({256, 64} | set(temporal))
+        assert sorted(set(seen[name])) == sorted({128, 32} | set(temporal))
+        assert seen[name].count(tiny.FRAMES) == base[name].count(tiny.FRAMES)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_with_the_patch_on(kind):
+    model, inputs = tiny.video_unet(kind).train(), tiny.video_inputs(kind)
+    tomesd.apply_patch(model, ratio=0.5, **ANY)
+    model(**inputs).sample.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+class PlanLog(TokenLog):
+    """The merge plan each spatial self-attention used, read from tomesd's site after its pre-hook ran."""
+
+    def __init__(self, model):
+        super().__init__(model, ("attn1",))
+        self.rows: list[torch.Tensor] = []
+
+    def _record(self, name):
+        def hook(module, args, kwargs):
+            site = getattr(module, "_tomesd_site", None)
+            if site is not None and site.plan is not None:
+                self.rows.append(site.plan.rows)
+
+        return hook
+
+
+@pytest.mark.parametrize("kind", ["motion", "svd"])
+def test_share_frames_merges_every_frame_of_a_clip_alike(kind):
+    model, inputs = tiny.video_unet(kind), tiny.video_inputs(kind)
+    for share in (False, True):
+        tomesd.apply_patch(model, ratio=0.5, share_frames=share, **ANY)
+        log = PlanLog(model)
+        out = _run(model, inputs)
+        log.close()
+        assert log.rows and torch.isfinite(out).all()
+        for rows in log.rows:  # (B * F, N): the row of the merged sequence each token goes to
+            clips = rows.unflatten(0, (-1, tiny.FRAMES))
+            alike = bool((clips == clips[:, :1]).all())
+            assert alike == share  # random frames: separate plans differ, a shared one is the same
+
+
+def _animatediff_call(pipe):
+    return pipe(prompt="a red circle", num_frames=tiny.FRAMES, num_inference_steps=2, height=32, width=32,
+                output_type="np", generator=torch.Generator().manual_seed(0)).frames
+
+
+def _svd_call(pipe):
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    return pipe(image, num_frames=tiny.FRAMES, num_inference_steps=2, height=32, width=32, decode_chunk_size=tiny.FRAMES,
+                output_type="np", generator=torch.Generator().manual_seed(0)).frames
+
+
+@pytest.mark.parametrize("build,call", [(tiny.animatediff_pipeline, _animatediff_call), (tiny.svd_pipeline, _svd_call)],
+                         ids=["animatediff", "svd"])
+def test_video_pipelines_run_end_to_end_patched_and_restore_exactly(build, call, tmp_path):
+    pipe = build(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    base = call(pipe)
+    tomesd.apply_patch(pipe, ratio=0.5, **ANY)
+    assert tomesd.is_patched(pipe)
+    seen = _token_counts(pipe.unet, lambda: call(pipe), ("attn1",))["attn1"]
+    assert 128 in seen and 256 not in seen  # the 16x16 latent's spatial blocks merge
+    patched = call(pipe)
+    assert patched.shape == base.shape and not (patched == base).all()
+    assert abs(patched - base).mean() < 0.1  # random weights, two steps: frames move a little (values in [0, 1])
+    tomesd.remove_patch(pipe)
+    assert (call(pipe) == base).all()

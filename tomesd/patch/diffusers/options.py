@@ -1,0 +1,131 @@
+"""The diffusers patch's options: one validated dataclass, the single source of defaults, checks and help."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+MATCHINGS = ("global", "local")
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DiffusersOptions:
+    """Validated options of one diffusers patch. Each field's ``metadata["help"]`` is its documentation
+    (what :func:`tomesd.patch.diffusers.apply`, the command line and the app show).
+
+    Raises (on construction):
+        ValueError: a value out of range.
+        TypeError: a value of the wrong type.
+    """
+
+    ratio: float = _option(
+        0.5,
+        "share of the tokens merged away, in [0, 1). Higher is faster and changes the image more; 0.5 is a "
+        "good start, past 0.6 details suffer. Tokens can only merge into another cell's destination, so at "
+        "most 1 - 1/(sx*sy) of them go: a higher ratio is capped there, with a warning (see merge_report "
+        "for the effective ratio of every block).",
+    )
+    max_downsample: int | None = _option(
+        None,
+        "merge in blocks whose latent is downsampled at most this much (1, 2, 4 or 8), as tomesd 0.1.3 did "
+        "(its default was 1). A model with no transformer block at that level or finer (SDXL) merges at its "
+        "finest level that has one instead. None (the default) chooses by size: every block with at least "
+        "min_tokens tokens merges, whatever its level.",
+    )
+    min_tokens: int = _option(
+        1024,
+        "blocks with fewer tokens than this (per image, at the current resolution) never merge: the work "
+        "saved is too small to pay for it. 1024 (the default) is a 32x32 grid; 0 merges everywhere selected.",
+    )
+    sx: int = _option(2, "destination stride across: one destination per sy x sx cell. 2x2 is the tested default.")
+    sy: int = _option(2, "destination stride down (see sx).")
+    use_rand: bool = _option(
+        True,
+        "draw each cell's destination pseudo-randomly (fewer grid artefacts), as a pure function of seed, "
+        "timestep, block and cell: the user's RNG is never touched, equal inputs give equal images, and a "
+        "recomputation (gradient checkpointing, a compiled graph) draws the same. False takes each cell's "
+        "first token.",
+    )
+    merge_attn: bool = _option(True, "merge before self-attention (attn1): most of the speed.")
+    merge_crossattn: bool = _option(False, "merge before cross-attention (attn2): little speed, more change.")
+    merge_mlp: bool = _option(
+        True,
+        "merge before the feed-forward (ff) too: on SD 1.5 at 512 px the larger part of the speed, on SDXL "
+        "most of it. False as in 0.1.3.",
+    )
+    seed: int = _option(0, "seed of the destination draw.")
+    kv_downsample: int = _option(
+        2,
+        "in merged self-attention, also average-pool the keys and values over kv_downsample x kv_downsample "
+        "patches of the unmerged token grid (ToDo-style): attention then costs (1 - ratio) / kv_downsample^2 "
+        "of the original. 1 is off (as in 0.1.3). Applies where the attention processor is a standard one "
+        "(see merge_report); fused QKV projections and custom processors merge without pooling.",
+    )
+    matching: str = _option(
+        "local",
+        "'local' (default): each candidate may only join its own cell's destination, O(N*C); 'global' (ToMe, "
+        "tomesd 0.1.3): any destination, an all-pairs similarity.",
+    )
+    share_frames: bool = _option(
+        False,
+        "video U-Nets: match once per clip, on the frames' mean, and merge every frame with that plan "
+        "(cheaper matching, the same tokens merged in every frame); False matches each frame on its own.",
+    )
+
+    def __post_init__(self) -> None:
+        _check_number("ratio", self.ratio, float)
+        if not 0 <= self.ratio < 1:
+            raise ValueError(f"ratio must be in [0, 1): the share of tokens merged away; got {self.ratio!r}")
+        if self.max_downsample is not None:
+            _check_number("max_downsample", self.max_downsample, int)
+            if self.max_downsample < 1 or self.max_downsample & (self.max_downsample - 1):
+                raise ValueError(
+                    f"max_downsample must be None (automatic) or a power of two (1, 2, 4, 8); got {self.max_downsample!r}"
+                )
+        for name in ("min_tokens", "sx", "sy", "seed", "kv_downsample"):
+            _check_number(name, getattr(self, name), int)
+        for name in ("sx", "sy", "kv_downsample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        if self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be 0 or more; got {self.min_tokens!r}")
+        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp", "share_frames"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
+        if self.matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {', '.join(map(repr, MATCHINGS))}; got {self.matching!r}")
+        if self.ratio > self.max_ratio:
+            warnings.warn(
+                f"tomesd: ratio={self.ratio} is more than sx={self.sx}, sy={self.sy} allow: one token per "
+                f"{self.sy}x{self.sx} cell stays, so at most {self.max_ratio:.4g} of the tokens merge (the "
+                f"effective ratio); see tomesd.patch.diffusers.merge_report",
+                UserWarning,
+                stacklevel=5,  # the caller of tomesd.apply_patch
+            )
+
+    @property
+    def max_ratio(self) -> float:
+        """The highest share the strides let merge: all but one token of every sy×sx cell."""
+        return 1 - 1 / (self.sx * self.sy)
+
+    @property
+    def submodule_switches(self) -> dict[str, bool]:
+        """Which merge switch is on, by the switch's name (``merge_attn``...), for the block table."""
+        return {"merge_attn": self.merge_attn, "merge_crossattn": self.merge_crossattn, "merge_mlp": self.merge_mlp}
+
+
+def _check_number(name: str, value: Any, kind: type) -> None:
+    accepted = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        raise TypeError(f"{name} must be {'a number' if kind is float else 'an integer'}; got {value!r}")
+
+
+#: The keyword options :func:`tomesd.patch.diffusers.apply` accepts, with their defaults.
+OPTIONS: dict[str, Any] = {f.name: f.default for f in fields(DiffusersOptions)}
+#: One line of help per option, for command lines and apps.
+HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(DiffusersOptions)}
