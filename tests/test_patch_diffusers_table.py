@@ -106,3 +106,17 @@ def test_hooks_are_small_objects_so_a_patched_model_pickles_and_runs_the_same():
     copy = pickle.loads(pickle.dumps(unet))
     inputs = _inputs()
     assert torch.equal(_run(copy, inputs), _run(unet, inputs))
+
+
+def test_every_controlnet_of_a_multi_controlnet_is_patched():
+    from diffusers import MultiControlNetModel
+
+    base = tiny.unet()
+    multi = MultiControlNetModel([tiny.controlnet(base, seed=1), tiny.controlnet(base, seed=2)])
+    report = merge_report(multi, (8, 8), min_tokens=0)
+    assert [r.model for r in report].count("ControlNetModel") == 2 * sum(
+        type(m).__name__ == "BasicTransformerBlock" for m in multi.nets[0].modules())
+    tomesd.apply_patch(multi, ratio=0.5, min_tokens=0)
+    assert all(hasattr(net, "_tomesd_context") for net in multi.nets)
+    tomesd.remove_patch(multi)
+    assert not any(hasattr(net, "_tomesd_context") for net in multi.nets)
