@@ -8,23 +8,14 @@ gradients with and without checkpointing to float tolerance.
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
 
 import tiny
 import tomesd
-from tomesd.merge import MergePlan
 
 ANY = {"min_tokens": 0}
-
-# MergePlan's lazily cached index tensors (functools.cached_property takes a lock dynamo cannot trace) are
-# replaced by plain tensors on the compile branch; until it lands here, whole-graph capture cannot succeed.
-_LAZY_PLAN = isinstance(MergePlan.__dict__.get("rows"), functools.cached_property)
-needs_eager_plan = pytest.mark.xfail(_LAZY_PLAN, reason="MergePlan still uses cached_property (compile branch fixes it)",
-                                     strict=True)
-
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
@@ -73,7 +64,6 @@ def _out(model, inputs):
         if hasattr(out, "mid_block_res_sample") else out.sample
 
 
-@needs_eager_plan
 @pytest.mark.parametrize("kind", ["sd1", "sdxl", "controlnet"])
 def test_fullgraph_compile_of_a_patched_model_matches_eager_with_one_graph_per_shape(kind):
     model = _model(kind)
@@ -86,7 +76,6 @@ def test_fullgraph_compile_of_a_patched_model_matches_eager_with_one_graph_per_s
     assert backend.graphs == 1  # the timestep is a tensor: a new step does not recompile
 
 
-@needs_eager_plan
 def test_explain_counts_no_graph_break():
     unet = tiny.mini_unet()
     tomesd.apply_patch(unet, ratio=0.5, kv_downsample=2, **ANY)
@@ -96,14 +85,13 @@ def test_explain_counts_no_graph_break():
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
-def test_ratio_zero_compiled_equals_unpatched_compiled():  # no plan is made at ratio 0: runs on any MergePlan
+def test_ratio_zero_compiled_equals_unpatched_compiled():  # no plan is made at ratio 0
     inputs = _inputs()
     plain = _out(torch.compile(tiny.mini_unet(), backend=CountingBackend(), fullgraph=True), inputs)
     unet = tomesd.apply_patch(tiny.mini_unet(), ratio=0.0, merge_crossattn=True, **ANY)
     assert torch.equal(_out(torch.compile(unet, backend=CountingBackend(), fullgraph=True), inputs), plain)
 
 
-@needs_eager_plan
 def test_remove_and_reapply_on_a_compiled_patched_model_recompile_and_never_run_a_stale_graph():
     unet = tiny.mini_unet()
     inputs = _inputs()
@@ -121,7 +109,6 @@ def test_remove_and_reapply_on_a_compiled_patched_model_recompile_and_never_run_
     assert backend.graphs == 5
 
 
-@needs_eager_plan
 def test_reapplying_after_remove_on_the_same_compiled_wrapper_needs_a_reset():
     # The documented limit: once dynamo holds a graph compiled without hooks, it does not guard on them
     # (torch._dynamo.config.skip_nnmodule_hook_guards), so that graph runs even after a new patch. Compile
@@ -169,7 +156,6 @@ def test_gradient_checkpointing_recomputes_the_same_merge():
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-@needs_eager_plan
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # inductor generates and builds C++: minutes on a busy 2-core machine
 def test_inductor_compile_of_a_patched_unet_matches_eager():

@@ -27,8 +27,12 @@ __all__ = [
     "bipartite_soft_matching",
     "bipartite_soft_matching_random2d",
     "block_merge",
+    "cells_in_grid",
+    "hash32",
+    "hashed_cell_choice",
     "merge_source",
     "merge_wavg",
+    "mergeable_count",
     "random2d_partition",
     "sequence_partition",
     "spacetime_order",
@@ -318,7 +322,7 @@ def bipartite_soft_matching_random2d(
         w, h: the token grid, row-major.
         sx, sy: destination strides.
         r: tokens to remove, clamped to :func:`mergeable_count` (callers that must not cap silently
-            compare against it first).
+            compare against it first); 0 on a grid with no whole sy×sx cell, which gives a do-nothing plan.
         choice: each cell's destination (see :func:`random2d_partition`); ``None`` takes the cell's first
             token.
         local: each candidate may only join its own cell's destination: O(N·C) matching instead of
@@ -327,12 +331,7 @@ def bipartite_soft_matching_random2d(
 
     Returns:
         A :class:`MergePlan` for sequences of length h*w.
-
-    Raises:
-        ValueError: the grid holds no whole sy×sx cell (there is no destination to merge into).
     """
-    if cells_in_grid(h, w, sy, sx) == 0:
-        raise ValueError(f"a {h}x{w} token grid holds no whole {sy}x{sx} cell: there is no destination to merge into")
     keep, src, dst = random2d_partition(h, w, sy, sx, choice, metric.device)
     r = min(r, mergeable_count(h, w, sy, sx, local))
     if not local:
