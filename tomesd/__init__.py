@@ -1,9 +1,10 @@
 """tomesd: token merging for faster transformer inference, with no retraining.
 
-``apply_patch`` recognises the model family (diffusers pipelines and U-Nets, timm Vision Transformers,
-Segment Anything encoders) and patches it through the shared merge core; ``remove_patch`` restores it
-exactly. See each family's options in :mod:`tomesd.patch.diffusers`, :mod:`tomesd.patch.timm` and
-:mod:`tomesd.patch.sam`.
+``apply_patch`` recognises the model family (diffusers pipelines and models: U-Nets, video U-Nets, DiT
+and MMDiT transformers; timm Vision Transformers; Segment Anything encoders; Hugging Face transformers
+vision encoders) and patches it through the shared merge core; ``remove_patch`` restores it exactly. See
+each family's options in :mod:`tomesd.patch.diffusers`, :mod:`tomesd.patch.timm`, :mod:`tomesd.patch.sam`
+and :mod:`tomesd.patch.transformers`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ Model = TypeVar("Model")
 def apply_patch(model: Model, **options: Any) -> Model:
     """Patch ``model`` with token merging, in place, and return it.
 
-    Diffusers pipelines and models (SD 1.x/2.x/XL, img2img, inpaint, ControlNet) take tomesd 0.1.3's
-    option names and a few more: ``ratio=0.5, max_downsample=None, min_tokens=1024, sx=2, sy=2,
-    use_rand=True, merge_attn=True, merge_crossattn=False, merge_mlp=True, seed=0, kv_downsample=2,
-    matching="local"`` (see :func:`tomesd.patch.diffusers.apply`). timm Vision
-    Transformers take ``r`` (see :func:`tomesd.patch.timm.apply`); Segment Anything encoders see
-    :func:`tomesd.patch.sam.apply`.
+    Diffusers pipelines and models (SD 1.x/2.x/XL, img2img, inpaint, ControlNet, the video U-Nets of
+    AnimateDiff, SVD, text-to-video and I2VGen-XL) take tomesd 0.1.3's option names and a few more:
+    ``ratio=0.5, max_downsample=None, min_tokens=1024, sx=2, sy=2, use_rand=True, merge_attn=True,
+    merge_crossattn=False, merge_mlp=True, seed=0, kv_downsample=2, matching="local", share_frames=False``
+    (see :mod:`tomesd.patch.diffusers`, whose ``OPTIONS`` and ``HELP`` hold the defaults and their
+    meaning). timm Vision Transformers take ``r`` (see :func:`tomesd.patch.timm.apply`); Segment Anything
+    encoders see :func:`tomesd.patch.sam.apply`; Hugging Face vision encoders take ``r`` and ``matching``
+    (see :mod:`tomesd.patch.transformers`).
 
     One model carries at most one patch, wherever it was applied from: any patch already on ``model``, on
     the models of a pipeline ``model``, or on a module inside them (or on the pipeline holding them) is
