@@ -34,6 +34,8 @@ COMMANDS = {
                                   "Hugging Face ViT / DINOv2 / CLIP / VideoMAE encoder speed and agreement"),
     "visualize-video-merges": Command("tomesd.cli.visualize_video_merges",
                                       "which VideoMAE tubelets merge across frames, global vs space-time"),
+    "bench-llm": Command("tomesd.cli.bench_llm", "K-token merging's prefill speed and memory against the full prompt",
+                         "llm"),
 }
 
 
