@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from tests.llm_models import tiny_qwen
+from tomesd.cli.train_ktoken import main as train_ktoken
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
 from tomesd.llm import KTokenEncoder
 from tomesd.llm.train import load_checkpoint, save_checkpoint
@@ -26,12 +27,8 @@ def test_train_ktoken_on_user_data_writes_a_loadable_checkpoint(tmp_path):
     rows = [{"context": e.context, "question": e.question, "answer": e.answer}
             for e in tree_examples(12, 4, 6, seed=0)]
     data.write_text("\n".join(map(json.dumps, rows)) + "\n")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train_ktoken.py"), "--model", str(model_dir), "--data", str(data),
-         "--k", "2", "--steps", "3", "--batch-size", "2", "--eval-count", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert train_ktoken(["--model", str(model_dir), "--data", str(data), "--k", "2", "--steps", "3",
+                         "--batch-size", "2", "--eval-count", "4", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["k"], summary["steps"], summary["eval_count"]) == (2, 3, 4)
     assert 0.0 <= summary["accuracy_trained"] <= 1.0

@@ -36,6 +36,7 @@ COMMANDS = {
                                       "which VideoMAE tubelets merge across frames, global vs space-time"),
     "bench-llm": Command("tomesd.cli.bench_llm", "K-token merging's prefill speed and memory against the full prompt",
                          "llm"),
+    "train-ktoken": Command("tomesd.cli.train_ktoken", "train a K-token encoder + LoRA on a local causal LM", "llm"),
 }
 
 
