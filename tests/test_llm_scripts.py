@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from tests.llm_models import tiny_qwen
+from tomesd.cli.llm_examples import main as llm_examples
 from tomesd.cli.train_ktoken import main as train_ktoken
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
 from tomesd.llm import KTokenEncoder
@@ -64,7 +65,7 @@ def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path)
     assert (report / "llm_real_tree_model.md").read_text().startswith("| setting |")
 
 
-def test_examples_script_with_a_chat_template_and_a_trained_encoder(tmp_path):
+def test_examples_with_a_chat_template_and_a_trained_encoder(tmp_path):
     tokenizer = build_tree_tokenizer()
     # A chat template of the Qwen kind: an opening before the user's text, a closing after it.
     tokenizer.chat_template = "who is {% for m in messages %}{{ m['content'] }}{% endfor %} ? the"
@@ -74,10 +75,8 @@ def test_examples_script_with_a_chat_template_and_a_trained_encoder(tmp_path):
     tokenizer.save_pretrained(model_dir)
     save_checkpoint(encoder_dir, KTokenEncoder(model.config.hidden_size, 4))
     example = tree_examples(1, 6, 6, seed=0)[0]
-    done = _run([str(ROOT / "scripts" / "llm_examples.py"), "--model", str(model_dir), "--encoder-dir",
-                 str(encoder_dir), "--document", example.context, "--question", example.question,
-                 "--max-new-tokens", "2", "--out", str(out)])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert llm_examples(["--model", str(model_dir), "--encoder-dir", str(encoder_dir), "--document", example.context,
+                         "--question", example.question, "--max-new-tokens", "2", "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| uncompressed", "| K=2, mean", "| K=4, mean",
                                                      "| K=4, trained encoder + LoRA"]

@@ -37,6 +37,8 @@ COMMANDS = {
     "bench-llm": Command("tomesd.cli.bench_llm", "K-token merging's prefill speed and memory against the full prompt",
                          "llm"),
     "train-ktoken": Command("tomesd.cli.train_ktoken", "train a K-token encoder + LoRA on a local causal LM", "llm"),
+    "llm-examples": Command("tomesd.cli.llm_examples", "one prompt answered by a real model at K=1, 2 and 4",
+                            "llm-weights"),
 }
 
 
