@@ -39,6 +39,8 @@ COMMANDS = {
     "train-ktoken": Command("tomesd.cli.train_ktoken", "train a K-token encoder + LoRA on a local causal LM", "llm"),
     "llm-examples": Command("tomesd.cli.llm_examples", "one prompt answered by a real model at K=1, 2 and 4",
                             "llm-weights"),
+    "reproduce-llm": Command("tomesd.cli.reproduce_llm",
+                             "the K-token reproductions: miniature, real (tree task) and code", "llm"),
 }
 
 

@@ -1,6 +1,7 @@
-"""Train a K-token encoder + LoRA adapters on a local Hugging Face causal LM and a question-answering data
-set (a JSON-lines file or the built-in tree task), evaluated before and after: the engine of
-``tomesd train-ktoken`` (and ``scripts/train_ktoken.py``). Nothing is downloaded.
+"""Training runs around :mod:`tomesd.llm.train`: a K-token encoder + LoRA adapters on a local Hugging Face
+causal LM and a question-answering data set (a JSON-lines file or the built-in tree task), evaluated before
+and after (the engine of ``tomesd train-ktoken`` and ``scripts/train_ktoken.py``), and the small Qwen2 the
+miniature reproduction trains from scratch. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tomesd.llm.encoder import KTokenEncoder
 from tomesd.llm.task import QAExample, build_tree_tokenizer, tree_examples
 from tomesd.llm.train import LengthCurriculum, accuracy, add_lora, save_checkpoint, train
 
-__all__ = ["load_examples", "train_ktoken"]
+__all__ = ["load_examples", "small_qwen2", "train_ktoken"]
 
 TREE_EXAMPLES = 20000  # trees drawn for the built-in task
 
@@ -85,3 +86,25 @@ def train_ktoken(model_dir: str, out: str, examples: list[QAExample], tokenizer:
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def small_qwen2(vocab_size: int, hidden: int, layers: int) -> Any:
+    """A small Qwen2 causal LM from scratch (random init, seeded by the caller): ``hidden // 32`` heads,
+    ``hidden // 64`` key-value heads, 512 positions, tied embeddings, pad id 0 and end id 1 (the tree
+    task's tokenizer)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    return Qwen2ForCausalLM(config)
