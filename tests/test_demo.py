@@ -276,7 +276,7 @@ def test_load_pipeline_names_a_missing_folder(tmp_path):
 
 
 def test_texture_stage_starts_with_the_known_words_exactly_as_trained(pipe):
-    from scripts.train_demo import Denoiser
+    from tomesd.demo.train import Denoiser
 
     textured = Denoiser(build_tokenizer(), lr=1e-3)
     textured.start_from(pipe.text_encoder, pipe.unet, pipe.tokenizer)
@@ -300,7 +300,7 @@ def test_cli_rejects_a_size_that_is_not_a_multiple_of_8(tmp_path):
 
 
 def test_training_rate_warms_up_holds_then_anneals_to_a_tenth():
-    from scripts.train_demo import learning_rate
+    from tomesd.demo.train import learning_rate
 
     rates = [learning_rate(step, 1000, 1e-3, anneal_start=600) for step in range(1000)]
     assert rates[0] == pytest.approx(1e-5) and rates[99] == pytest.approx(1e-3)
@@ -315,7 +315,7 @@ def test_training_rate_warms_up_holds_then_anneals_to_a_tenth():
 def test_texture_stages_resume_exactly_and_export_a_loadable_pipeline(tmp_path):
     from safetensors.torch import load_file
 
-    from scripts.train_demo import main as train
+    from tomesd.cli.train_demo import main as train
 
     def run(work, unet_steps):
         train(["--stages", "texture-vae", "texture-unet", "--texture-vae-steps", "1", "--texture-unet-steps",

@@ -1,20 +1,19 @@
-"""The standard-library code task (tomesd.llm.code) and its script at tiny settings."""
+"""The standard-library code task (tomesd.llm.code) and its reproduction (``tomesd reproduce-llm code``) at tiny
+settings."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
 from tests.llm_models import tiny_qwen
+from tomesd.cli.reproduce_llm import main as reproduce_llm
 from tomesd.llm.code import code_examples, next_line_metrics, split_files, stdlib_files
 from tomesd.llm.task import NODE_NAMES, build_tree_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_stdlib(root: Path, files: int = 12, lines: int = 30) -> Path:
@@ -65,19 +64,15 @@ def test_next_line_metrics_are_a_loss_and_a_share(tmp_path):
         assert metrics["loss"] > 0 and 0.0 <= metrics["exact_match"] <= 1.0
 
 
-def test_code_script_trains_and_reports_at_tiny_settings(tmp_path):
+def test_code_reproduction_trains_and_reports_at_tiny_settings(tmp_path):
     tokenizer = build_tree_tokenizer()
     model_dir, report = tmp_path / "model", tmp_path / "report"
     tiny_qwen(vocab=len(tokenizer)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     stdlib = _fake_stdlib(tmp_path / "lib", files=40)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "reproduce_llm_code.py"), "--model", str(model_dir), "--stdlib",
-         str(stdlib), "--work", str(tmp_path / "work"), "--report", str(report), "--context-lines", "8",
-         "--tail-lines", "2", "--steps", "2", "--warmup", "1", "--train-count", "8", "--eval-count", "3"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert reproduce_llm(["code", "--model", str(model_dir), "--stdlib", str(stdlib), "--work", str(tmp_path / "work"),
+                          "--report", str(report), "--context-lines", "8", "--tail-lines", "2", "--steps", "2",
+                          "--warmup", "1", "--train-count", "8", "--eval-count", "3"]) == 0
     result = json.loads((report / "llm_real_code_model.json").read_text())
     assert list(result["metrics"]) == ["K=1, uncompressed prefix", "K=4, training-free mean", "K=4, encoder + LoRA"]
     assert result["files"]["held_out"] > 0 and result["eval_count"] == 3

@@ -1,4 +1,5 @@
-"""The K-token training script as a user runs it: a local causal LM folder and a JSON-lines file of their own."""
+"""The K-token commands as a user runs them (``tomesd train-ktoken``, ``tomesd reproduce-llm``, ``tomesd
+llm-examples``): a local causal LM folder and data of their own; each script shim runs once as a subprocess."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from transformers import AutoTokenizer
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.llm_models import tiny_qwen
+from tomesd.cli.llm_examples import main as llm_examples
+from tomesd.cli.reproduce_llm import main as reproduce_llm
+from tomesd.cli.train_ktoken import main as train_ktoken
 from tomesd.llm.task import build_tree_tokenizer, tree_examples
 from tomesd.llm import KTokenEncoder
 from tomesd.llm.train import load_checkpoint, save_checkpoint
@@ -26,12 +31,8 @@ def test_train_ktoken_on_user_data_writes_a_loadable_checkpoint(tmp_path):
     rows = [{"context": e.context, "question": e.question, "answer": e.answer}
             for e in tree_examples(12, 4, 6, seed=0)]
     data.write_text("\n".join(map(json.dumps, rows)) + "\n")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train_ktoken.py"), "--model", str(model_dir), "--data", str(data),
-         "--k", "2", "--steps", "3", "--batch-size", "2", "--eval-count", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert train_ktoken(["--model", str(model_dir), "--data", str(data), "--k", "2", "--steps", "3",
+                         "--batch-size", "2", "--eval-count", "4", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["k"], summary["steps"], summary["eval_count"]) == (2, 3, 4)
     assert 0.0 <= summary["accuracy_trained"] <= 1.0
@@ -43,22 +44,23 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
-def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path):
-    """The protocol script on a local tiny model: a call stopped by its time limit resumes and completes."""
+def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path, capsys):
+    """The protocol on a local tiny model: a call stopped by its time limit resumes (through the script, with
+    the same flags) and completes."""
     tokenizer = build_tree_tokenizer()
     model_dir, work, report = tmp_path / "model", tmp_path / "work", tmp_path / "report"
     tiny_qwen(vocab=len(tokenizer)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    command = [str(ROOT / "scripts" / "reproduce_llm_real.py"), "--model", str(model_dir), "--work", str(work),
-               "--report", str(report), "--nodes", "3", "5", "--steps", "3", "--warmup", "1", "--eval-count", "4",
-               "--train-trees", "40", "--save-every", "100"]
-    stopped = _run([*command, "--stop-after-minutes", "0"])  # stops (and saves) after its first step
-    assert stopped.returncode == 3, stopped.stderr[-2000:]
-    assert "run the same command again" in stopped.stdout
+    flags = ["--model", str(model_dir), "--work", str(work), "--report", str(report), "--nodes", "3", "5", "--steps",
+             "3", "--warmup", "1", "--eval-count", "4", "--train-trees", "40", "--save-every", "100"]
+    # stops (and saves) after its first step
+    assert reproduce_llm(["real", *flags, "--stop-after-minutes", "0"]) == 3
+    assert "run the same command again" in capsys.readouterr().out
     assert (work / "k4" / "train_state.pt").is_file() and not (work / "k4" / "done.json").exists()
-    done = _run(command)
+    done = _run([str(ROOT / "scripts" / "reproduce_llm_real.py"), *flags])
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((report / "llm_real_tree_model.json").read_text())
+    assert "variant" not in result["settings"] and result["settings"]["train_trees"] == 40
     assert set(result["accuracy"]) == {"K=1, no training", "K=1, LoRA", "K=4, training-free mean (K=1 LoRA model)",
                                        "K=4, encoder + LoRA"}
     assert all(0.0 <= acc <= 1.0 for acc in result["accuracy"].values())
@@ -67,7 +69,7 @@ def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path)
     assert (report / "llm_real_tree_model.md").read_text().startswith("| setting |")
 
 
-def test_examples_script_with_a_chat_template_and_a_trained_encoder(tmp_path):
+def test_examples_with_a_chat_template_and_a_trained_encoder(tmp_path):
     tokenizer = build_tree_tokenizer()
     # A chat template of the Qwen kind: an opening before the user's text, a closing after it.
     tokenizer.chat_template = "who is {% for m in messages %}{{ m['content'] }}{% endfor %} ? the"
@@ -77,13 +79,37 @@ def test_examples_script_with_a_chat_template_and_a_trained_encoder(tmp_path):
     tokenizer.save_pretrained(model_dir)
     save_checkpoint(encoder_dir, KTokenEncoder(model.config.hidden_size, 4))
     example = tree_examples(1, 6, 6, seed=0)[0]
-    done = _run([str(ROOT / "scripts" / "llm_examples.py"), "--model", str(model_dir), "--encoder-dir",
-                 str(encoder_dir), "--document", example.context, "--question", example.question,
-                 "--max-new-tokens", "2", "--out", str(out)])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert llm_examples(["--model", str(model_dir), "--encoder-dir", str(encoder_dir), "--document", example.context,
+                         "--question", example.question, "--max-new-tokens", "2", "--out", str(out)]) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| uncompressed", "| K=2, mean", "| K=4, mean",
                                                      "| K=4, trained encoder + LoRA"]
     reloaded = AutoTokenizer.from_pretrained(model_dir)
     tokens = len(reloaded(example.context, add_special_tokens=False)["input_ids"])
     assert f"document: {tokens} tokens (compressed)" in out.read_text()
+
+
+def test_miniature_reproduction_writes_its_table_plot_and_checkpoints_at_tiny_settings(tmp_path, capsys):
+    out, report = tmp_path / "out", tmp_path / "report"
+    assert reproduce_llm(["miniature", "--nodes", "3", "4", "--hidden", "64", "--layers", "1", "--pretrain-steps", "2",
+                          "--adapt-steps", "2", "--batch-size", "2", "--eval-count", "4", "--out", str(out),
+                          "--report", str(report)]) == 0
+    result = json.loads((report / "llm_miniature.json").read_text())
+    assert list(result["accuracy"]) == ["K=1 (uncompressed)", "K=4, training-free mean", "K=4, trained encoder + LoRA"]
+    assert result["settings"]["pretrain_steps"] == 2 and "variant" not in result["settings"]
+    assert (report / "llm_miniature_loss.png").is_file() and (out / "base" / "config.json").is_file()
+    encoder, _ = load_checkpoint(out / "k4", AutoModelForCausalLM.from_pretrained(out / "base"))
+    assert encoder.k == 4
+    assert "| reference: guess among the context's parents (no model) |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script, command", [("train_ktoken.py", "train-ktoken"), ("llm_examples.py", "llm-examples"),
+                                             ("reproduce_llm_miniature.py", "reproduce-llm miniature"),
+                                             ("reproduce_llm_code.py", "reproduce-llm code")])
+def test_the_script_shims_parse_their_commands_flags(script, command):
+    """The scripts the README and the background runs name keep their flags (``--help`` lists them)."""
+    done = _run([str(ROOT / "scripts" / script), "--help"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    flags = {"train-ktoken": "--tree-questions", "llm-examples": "--max-new-tokens",
+             "reproduce-llm miniature": "--pretrain-curriculum", "reproduce-llm code": "--context-lines"}[command]
+    assert done.stdout.startswith("usage: ") and flags in done.stdout

@@ -34,6 +34,14 @@ COMMANDS = {
                                   "Hugging Face ViT / DINOv2 / CLIP / VideoMAE encoder speed and agreement"),
     "visualize-video-merges": Command("tomesd.cli.visualize_video_merges",
                                       "which VideoMAE tubelets merge across frames, global vs space-time"),
+    "train-demo": Command("tomesd.cli.train_demo", "train the demo text-to-image model from scratch and ship it"),
+    "bench-llm": Command("tomesd.cli.bench_llm", "K-token merging's prefill speed and memory against the full prompt",
+                         "llm"),
+    "train-ktoken": Command("tomesd.cli.train_ktoken", "train a K-token encoder + LoRA on a local causal LM", "llm"),
+    "llm-examples": Command("tomesd.cli.llm_examples", "one prompt answered by a real model at K=1, 2 and 4",
+                            "llm-weights"),
+    "reproduce-llm": Command("tomesd.cli.reproduce_llm",
+                             "the K-token reproductions: miniature, real (tree task) and code", "llm"),
 }
 
 

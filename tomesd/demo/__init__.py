@@ -9,7 +9,7 @@ work offline with a model that really draws what it is asked::
 Prompts follow the grammar of its training captions, ``a [small|large] <colour> <shape> [on a <colour>
 background]`` (see :mod:`tomesd.demo.shapes`); :mod:`tomesd.demo.detector` checks what an image shows.
 The generator and the detector also know textures (``a red and white vertical striped circle on a blue
-dotted background``); ``scripts/train_demo.py``'s texture stages teach them to the model.
+dotted background``); ``tomesd train-demo``'s texture stages teach them to the model.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def load_pipeline(
         device: where to put the pipeline, e.g. ``"cpu"``.
         dtype: weight dtype (``torch.float32``; ``torch.bfloat16``/``float16`` where the device supports it).
         progress: show the sampling progress bar (off by default).
-        folder: another folder written by ``scripts/train_demo.py --out`` (default: the shipped one).
+        folder: another folder written by ``tomesd train-demo --out`` (default: the shipped one).
 
     Returns:
         A ``StableDiffusionPipeline`` without safety checker; call it with a prompt, it draws
@@ -70,14 +70,15 @@ def load_pipeline(
 
     Raises:
         TypeError: ``dtype`` is not a ``torch.dtype``.
-        FileNotFoundError: the weights are missing (train them with ``python scripts/train_demo.py``).
+        FileNotFoundError: the weights are missing (train them with ``tomesd train-demo``).
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
     folder = DEMO_MODEL_DIR if folder is None else Path(folder)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"the demo model is missing from {folder}; train it with `python scripts/train_demo.py`"
+            f"the demo model is missing from {folder}; train it with `tomesd train-demo` "
+            "(or `python scripts/train_demo.py`)"
         )
     from diffusers import StableDiffusionPipeline
 
