@@ -240,3 +240,30 @@ def test_bad_compile_and_video_options_are_refused_up_front(extra, message, tmp_
     with pytest.raises(SystemExit) as exit_info:
         generate_main(["--out", str(out), "--prompt", "a cat", *extra])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("ratios", [[0.0], [0.5]], ids=["unpatched", "patched"])
+def test_after_the_warm_ups_nothing_compiles_again(ratios, tiny_pipeline_dir):
+    """Counted with a backend that counts its graphs: whatever compiles (a patch's graph breaks included, and
+    recompiles when ratios alternate) does so in the warm-ups, so the timed generations never include it."""
+    from torch._dynamo import register_backend
+
+    graphs: list[int] = []
+
+    @register_backend(name="tomesd_test_counting")
+    def counting(graph, example_inputs):
+        graphs.append(1)
+        return graph.forward
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    timed: list[int] = []
+
+    def on_step(stage: str, step: int, total: int) -> None:
+        if stage.startswith("ratio"):  # a timed generation (the warm-ups' stages are "compiling, ...")
+            timed.append(len(graphs))
+
+    torch._dynamo.reset()
+    results = compare_ratios(pipe, GenerationSettings("a red cat", steps=3, width=SIZE, height=SIZE), 0, ratios,
+                             MERGE_EVERYWHERE, repeats=2, on_step=on_step, compile="tomesd_test_counting")
+    assert graphs and all(r.compile_seconds > 0 for r in results)
+    assert len(timed) == 3 * 2 * len(results) and set(timed) == {len(graphs)}

@@ -37,7 +37,7 @@ import torch
 import tomesd
 from tomesd.lab.generation import (
     GenerationSettings, call_arguments, check_compile_backend, check_patch_options, check_ratio, generate,
-    is_video_pipeline, set_ratio, unpatch,
+    is_video_pipeline, set_ratio, unpatch, warm_up,
 )
 from tomesd.lab.loading import DEMO, check_placement, check_source, default_settings, load_pipeline, parse_dtype
 from tomesd.lab.timing import execution_device
@@ -242,7 +242,8 @@ def plan_batch(
         image: for an image-to-video pipeline (Stable Video Diffusion), the conditioning image's path.
         fps: frames per second of the GIFs a video pipeline's frames are written as.
         compile: a ``torch.compile`` backend ("inductor", "eager"...) to compile the denoiser with, after
-            patching it at each ratio; needs the warm-up, whose time is then each ratio's compile time.
+            patching it at each ratio; needs the warm-up (:func:`tomesd.lab.generation.warm_up`), whose time
+            is then each ratio's compile time.
 
     Returns:
         A :class:`Batch`, jobs ordered with ratios innermost.
@@ -298,9 +299,9 @@ def _check_seed(seed: int) -> None:
         raise ValueError(f"seed {seed} is out of range; accepted: -2**63 to 2**64 - 1") from None
 
 
-def _settings(config: Mapping[str, Any], job: Job, steps: int | None = None) -> GenerationSettings:
-    """The generation settings of ``job`` under ``config`` (``steps`` overrides, for the warm-up)."""
-    return GenerationSettings(job.prompt, job.negative_prompt, steps or config["steps"], config["guidance"],
+def _settings(config: Mapping[str, Any], job: Job) -> GenerationSettings:
+    """The generation settings of ``job`` under ``config``."""
+    return GenerationSettings(job.prompt, job.negative_prompt, config["steps"], config["guidance"],
                               config["width"], config["height"], config.get("frames"), config.get("image"))
 
 
@@ -385,8 +386,8 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[dict[str, Any]]) 
             line += " n/a |" if row["compile_seconds"] is None else f" {row['compile_seconds']:.2f} |"
         lines.append(line)
     if compiled:
-        lines += ["", "compile (s): the untimed 1-step warm-up generation at that ratio, in which the denoiser compiles "
-                      "(compile time plus one step), mean over processes"]
+        lines += ["", "compile (s): the untimed warm-ups at that ratio, in which the denoiser compiles (compile time "
+                      "plus one whole and one 1-step generation), mean over processes"]
     return "\n".join(lines) + "\n"
 
 
@@ -490,20 +491,6 @@ def save_output(generation: Any, path: Path, fps: int) -> None:
         first.save(path, format="GIF", save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
 
 
-def warm_up(pipe: Any, job: Job, ratios: list[float], config: Mapping[str, Any]) -> dict[float, float]:
-    """An untimed 1-step generation per ratio (first calls are slower; a compiled denoiser compiles here).
-
-    Returns:
-        ratio -> seconds of its warm-up, for a compiled run (its compile time, plus one step); empty otherwise.
-    """
-    seconds = {}
-    for ratio in ratios:
-        generation = generate(pipe, _settings(config, job, steps=1), job.seed, ratio, config["patch_options"],
-                              compile=config.get("compile"))
-        seconds[ratio] = generation.run.seconds
-    return seconds if config.get("compile") else {}
-
-
 def run_jobs(pipe: Any, jobs: list[Job], batch: Batch, rank: int, world_size: int, stop: StopOnInterrupt) -> int:
     """Generate ``jobs`` in order, each image written atomically after its log line (and ``run.json`` before
     the first). Returns how many were done."""
@@ -517,7 +504,10 @@ def run_jobs(pipe: Any, jobs: list[Job], batch: Batch, rank: int, world_size: in
     if jobs:
         call_arguments(pipe, _settings(config, jobs[0]))  # a setting this pipeline cannot take: refused now
     check_patch(pipe, ratios, options)
-    compile_seconds = warm_up(pipe, jobs[0], ratios, config) if batch.warmup and jobs else {}
+    compile_seconds = {}
+    if batch.warmup and jobs:
+        compile_seconds = warm_up(pipe, _settings(config, jobs[0]), jobs[0].seed, ratios, options, config["compile"])
+        compile_seconds = compile_seconds if config["compile"] else {}
     done = 0
     bar = tqdm(jobs, desc=f"rank {rank}" if world_size > 1 else "images", position=rank)
     try:

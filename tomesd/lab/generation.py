@@ -24,6 +24,7 @@ from tomesd.lab.timing import DENOISERS, PeakMemory, PipelineRun, denoiser_name,
 __all__ = [
     "Generation", "GenerationSettings", "call_arguments", "check_compile_backend", "check_patch_options", "check_ratio",
     "compile_module", "generate", "is_video_pipeline", "parse_option", "patch_option_defaults", "set_ratio", "unpatch",
+    "warm_up",
 ]
 
 #: The default ``torch.compile`` backend of ``--compile`` (and the app's checkbox).
@@ -343,3 +344,39 @@ def generate(
         frames = _pil_frames(output.frames)
         return Generation(frames[0], run, memory.mib, memory.kind, frames)
     return Generation(output.images[0], run, memory.mib, memory.kind)
+
+
+def warm_up(
+    pipe: Any,
+    settings: GenerationSettings,
+    seed: int,
+    ratios: Iterable[float],
+    options: Mapping[str, Any] | None = None,
+    compile: str | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> dict[float, float]:
+    """Untimed generations before the timed ones, so that none of those pays for a first call.
+
+    Eager: one 1-step generation per ratio. Compiled: a whole generation per ratio (the denoiser compiles,
+    also what a patch's graph breaks specialise per timestep), then a 1-step one per ratio again (coming back
+    to a ratio after another can recompile once; that lands here too).
+
+    Args:
+        pipe, settings, seed, options, compile: as for :func:`generate`.
+        ratios: every ratio the timed generations will use.
+        on_step: ``on_step(stage, step, total)`` after every step (stage e.g. ``"compiling, ratio 0.5"``);
+            may raise to cancel.
+
+    Returns:
+        ratio -> seconds of its warm-up generations: compiled, its compile time plus one whole and one
+        1-step generation.
+    """
+    one_step = GenerationSettings(**{**settings.__dict__, "steps": 1})
+    rounds = [settings, one_step] if compile else [one_step]
+    seconds = dict.fromkeys(ratios, 0.0)
+    for warm in rounds:
+        for ratio in seconds:
+            stage = f"{'compiling' if compile else 'warm-up'}, ratio {ratio:g}"
+            report = None if on_step is None else (lambda step, total, stage=stage: on_step(stage, step, total))
+            seconds[ratio] += generate(pipe, warm, seed, ratio, options, report, compile).run.seconds
+    return seconds

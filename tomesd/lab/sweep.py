@@ -9,7 +9,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from PIL import Image, ImageChops
 
-from tomesd.lab.generation import Generation, GenerationSettings, check_compile_backend, check_ratio, generate, unpatch
+from tomesd.lab.generation import (
+    Generation, GenerationSettings, check_compile_backend, check_ratio, generate, unpatch, warm_up,
+)
 
 __all__ = ["RatioResult", "compare_ratios", "parse_ratios", "results_table", "speed_chart"]
 
@@ -29,8 +31,8 @@ class RatioResult:
         psnr: PSNR in dB against the ratio-0 image (inf when identical).
         ssim: SSIM against the ratio-0 image (1.0 when identical).
         diff_map: ``DIFF_GAIN`` x the absolute pixel difference from the ratio-0 image.
-        compile_seconds: with a compiled denoiser, the untimed warm-up at this ratio in which it compiled
-            (compile time plus one step); None when not compiled.
+        compile_seconds: with a compiled denoiser, the untimed warm-ups at this ratio, in which it compiled
+            (compile time plus one whole and one 1-step generation); None when not compiled.
     """
 
     ratio: float
@@ -82,7 +84,8 @@ def compare_ratios(
         ratios: merge ratios to compare; 0 is added as the baseline.
         options: other patch options (``tomesd.patch.diffusers.OPTIONS``).
         repeats: timed rounds over all ratios; medians are reported.
-        warmup: first run one untimed single-step generation per ratio (first calls are slower).
+        warmup: first run untimed generations (:func:`tomesd.lab.generation.warm_up`): first calls are
+            slower, and a compiled denoiser compiles there.
         on_step: ``on_step(stage, step, total)`` after every step (stage e.g. ``"ratio 0.5, run 1/2"``);
             may raise to cancel.
         compile: a ``torch.compile`` backend to compile the patched denoiser with at every ratio (ratio 0
@@ -104,10 +107,7 @@ def compare_ratios(
     compile_seconds: dict[float, float] = {}
     try:
         if warmup:
-            warm = GenerationSettings(**{**settings.__dict__, "steps": 1})
-            for ratio in ratios:
-                stage = _stage(on_step, f"{'compiling' if compile else 'warm-up'}, ratio {ratio:g}")
-                compile_seconds[ratio] = generate(pipe, warm, seed, ratio, options, stage, compile).run.seconds
+            compile_seconds = warm_up(pipe, settings, seed, ratios, options, compile, on_step)
         for round_index in range(int(repeats)):
             for ratio in ratios:
                 stage = f"ratio {ratio:g}, run {round_index + 1}/{repeats}"
