@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+import torch._dynamo
 from PIL import Image
 
 import tomesd
@@ -242,19 +243,23 @@ def test_bad_compile_and_video_options_are_refused_up_front(extra, message, tmp_
     assert exit_info.value.code == 2 and message in capsys.readouterr().err and not out.exists()
 
 
+_GRAPHS: list[int] = []  # one entry per graph the counting backend was given
+
+
+def _count_graphs(graph, example_inputs):
+    _GRAPHS.append(1)
+    return graph.forward
+
+
+torch._dynamo.register_backend(_count_graphs, name="tomesd_test_counting")
+
+
 @pytest.mark.parametrize("ratios", [[0.0], [0.5]], ids=["unpatched", "patched"])
 def test_after_the_warm_ups_nothing_compiles_again(ratios, tiny_pipeline_dir):
     """Counted with a backend that counts its graphs: whatever compiles (a patch's graph breaks included, and
     recompiles when ratios alternate) does so in the warm-ups, so the timed generations never include it."""
-    from torch._dynamo import register_backend
-
-    graphs: list[int] = []
-
-    @register_backend(name="tomesd_test_counting")
-    def counting(graph, example_inputs):
-        graphs.append(1)
-        return graph.forward
-
+    _GRAPHS.clear()
+    graphs = _GRAPHS
     pipe = load_pipeline(tiny_pipeline_dir)
     timed: list[int] = []
 
