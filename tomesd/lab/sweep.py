@@ -9,8 +9,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from PIL import Image, ImageChops
 
-import tomesd
-from tomesd.lab.generation import Generation, GenerationSettings, check_ratio, generate
+from tomesd.lab.generation import (
+    Generation, GenerationSettings, check_compile_backend, check_ratio, generate, unpatch, warm_up,
+)
 
 __all__ = ["RatioResult", "compare_ratios", "parse_ratios", "results_table", "speed_chart"]
 
@@ -30,6 +31,8 @@ class RatioResult:
         psnr: PSNR in dB against the ratio-0 image (inf when identical).
         ssim: SSIM against the ratio-0 image (1.0 when identical).
         diff_map: ``DIFF_GAIN`` x the absolute pixel difference from the ratio-0 image.
+        compile_seconds: with a compiled denoiser, the untimed warm-ups at this ratio, in which it compiled
+            (compile time plus one whole and one 1-step generation); None when not compiled.
     """
 
     ratio: float
@@ -40,6 +43,7 @@ class RatioResult:
     psnr: float
     ssim: float
     diff_map: Image.Image
+    compile_seconds: float | None = None
 
     @property
     def caption(self) -> str:
@@ -69,6 +73,7 @@ def compare_ratios(
     repeats: int = 1,
     warmup: bool = True,
     on_step: Callable[[str, int, int], None] | None = None,
+    compile: str | None = None,
 ) -> list[RatioResult]:
     """Generate ``settings`` with ``seed`` at every ratio (and ratio 0), timing the ratios in turns.
 
@@ -79,32 +84,37 @@ def compare_ratios(
         ratios: merge ratios to compare; 0 is added as the baseline.
         options: other patch options (``tomesd.patch.diffusers.OPTIONS``).
         repeats: timed rounds over all ratios; medians are reported.
-        warmup: first run one untimed single-step generation per ratio (first calls are slower).
+        warmup: first run untimed generations (:func:`tomesd.lab.generation.warm_up`): first calls are
+            slower, and a compiled denoiser compiles there.
         on_step: ``on_step(stage, step, total)`` after every step (stage e.g. ``"ratio 0.5, run 1/2"``);
             may raise to cancel.
+        compile: a ``torch.compile`` backend to compile the patched denoiser with at every ratio (ratio 0
+            too, so the baseline is compiled alike); needs ``warmup``, in which it compiles.
 
     Returns:
-        One :class:`RatioResult` per ratio, ratio 0 first. The pipeline is left unpatched.
+        One :class:`RatioResult` per ratio, ratio 0 first. The pipeline is left unpatched and uncompiled.
 
     Raises:
-        ValueError: bad ratios, ``repeats < 1`` or a bad patch option.
+        ValueError: bad ratios, ``repeats < 1``, a bad patch option or compile backend, or compiling
+            without the warm-up.
     """
     ratios = parse_ratios(ratios)
     if int(repeats) < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
+    if check_compile_backend(compile) is not None and not warmup:
+        raise ValueError("compiling needs the warm-up: the first generation at each ratio compiles")
     runs: dict[float, list[Generation]] = {ratio: [] for ratio in ratios}
+    compile_seconds: dict[float, float] = {}
     try:
         if warmup:
-            warm = GenerationSettings(**{**settings.__dict__, "steps": 1})
-            for ratio in ratios:
-                generate(pipe, warm, seed, ratio, options, _stage(on_step, f"warm-up, ratio {ratio:g}"))
+            compile_seconds = warm_up(pipe, settings, seed, ratios, options, compile, on_step)
         for round_index in range(int(repeats)):
             for ratio in ratios:
                 stage = f"ratio {ratio:g}, run {round_index + 1}/{repeats}"
-                runs[ratio].append(generate(pipe, settings, seed, ratio, options, _stage(on_step, stage)))
+                runs[ratio].append(generate(pipe, settings, seed, ratio, options, _stage(on_step, stage), compile))
     finally:
-        tomesd.remove_patch(pipe)
-    return _summarise(runs)
+        unpatch(pipe)
+    return _summarise(runs, compile_seconds if compile else {})
 
 
 def _stage(on_step: Callable[[str, int, int], None] | None, stage: str) -> Callable[[int, int], None] | None:
@@ -114,8 +124,9 @@ def _stage(on_step: Callable[[str, int, int], None] | None, stage: str) -> Calla
     return lambda step, total: on_step(stage, step, total)
 
 
-def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
-    """Medians per ratio, speedups against ratio 0 and differences from the ratio-0 image."""
+def _summarise(runs: dict[float, list[Generation]], compile_seconds: dict[float, float]) -> list[RatioResult]:
+    """Medians per ratio, speedups against ratio 0 and differences from the ratio-0 image (and each ratio's
+    compile time, when compiled)."""
     from tomesd.lab.quality import against_baseline
 
     base_runs = runs[0.0]
@@ -136,6 +147,7 @@ def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
                 psnr=metrics.psnr,
                 ssim=metrics.ssim,
                 diff_map=_difference_map(base_image, image),
+                compile_seconds=compile_seconds.get(ratio),
             )
         )
     return results
@@ -148,14 +160,19 @@ def _difference_map(a: Image.Image, b: Image.Image) -> Image.Image:
 
 
 def results_table(results: list[RatioResult]) -> str:
-    """A Markdown table of the comparison."""
+    """A Markdown table of the comparison; with a compiled denoiser, each ratio's compile time in a column of
+    its own (the seconds and it/s never include it)."""
+    compiled = any(r.compile_seconds is not None for r in results)
     lines = [
-        "| ratio | seconds | it/s | speedup vs 0 | PSNR vs 0 (dB) | SSIM vs 0 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ratio | seconds | it/s | speedup vs 0 | PSNR vs 0 (dB) | SSIM vs 0 |" + (" compile (s) |" if compiled else ""),
+        "| ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if compiled else ""),
     ]
     for r in results:
         psnr = "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}"
-        lines.append(f"| {r.ratio:g} | {r.seconds:.3f} | {r.its:.2f} | {r.speedup:.2f}x | {psnr} | {r.ssim:.4f} |")
+        line = f"| {r.ratio:g} | {r.seconds:.3f} | {r.its:.2f} | {r.speedup:.2f}x | {psnr} | {r.ssim:.4f} |"
+        if compiled:
+            line += " n/a |" if r.compile_seconds is None else f" {r.compile_seconds:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
