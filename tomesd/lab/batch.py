@@ -2,7 +2,7 @@
 
 Every prompt x seed x ratio is one image (a video pipeline's: one animated GIF of its frames). Images go to
 ``--out`` with a JSON line per image in
-``log.rank<N>.jsonl`` (prompt, seed, ratio, patch options, steps, size, seconds, it/s, peak memory,
+``log.rank<N>.jsonl`` (prompt, seed, ratio and the effective ratio really merged, patch options, steps, size, seconds, it/s, peak memory,
 device, dtype, library versions, process rank; with ``compile``, the backend and the compile time of its
 ratio), and a per-ratio summary is printed and written to ``summary.md``. Re-running the same command skips images already written (resume); Ctrl-C finishes the
 image in progress and stops (a second Ctrl-C stops at once), leaving only complete images and log lines.
@@ -36,8 +36,8 @@ import torch
 
 import tomesd
 from tomesd.lab.generation import (
-    GenerationSettings, call_arguments, check_compile_backend, check_patch_options, check_ratio, generate,
-    is_video_pipeline, set_ratio, unpatch, warm_up,
+    GenerationSettings, call_arguments, check_compile_backend, check_patch_options, check_ratio, effective_ratio,
+    generate, is_video_pipeline, ratio_label, set_ratio, unpatch, warm_up,
 )
 from tomesd.lab.loading import DEMO, check_placement, check_source, default_settings, load_pipeline, parse_dtype
 from tomesd.lab.timing import execution_device
@@ -344,8 +344,9 @@ def read_logs(out: Path) -> list[dict[str, Any]]:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per ratio: images, mean it/s, mean seconds, speedup (mean it/s over ratio 0's mean it/s) and, for a
-    compiled run, the mean compile time (each process compiles once per ratio; None when not compiled)."""
+    """Per ratio: images, mean it/s, mean seconds, speedup (mean it/s over ratio 0's mean it/s), the effective
+    ratio its log lines give (None for logs written before it was logged) and, for a compiled run, the mean
+    compile time (each process compiles once per ratio; None when not compiled)."""
     by_ratio: dict[float, list[dict[str, Any]]] = {}
     for record in records:
         by_ratio.setdefault(record["ratio"], []).append(record)
@@ -354,6 +355,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ratio in sorted(by_ratio):
         its = statistics.mean(r["its"] for r in by_ratio[ratio])
         compile_times = [r["compile_seconds"] for r in by_ratio[ratio] if r.get("compile_seconds") is not None]
+        effective = [r["effective_ratio"] for r in by_ratio[ratio] if r.get("effective_ratio") is not None]
         rows.append({
             "ratio": ratio,
             "images": len(by_ratio[ratio]),
@@ -361,30 +363,39 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "mean_seconds": statistics.mean(r["seconds"] for r in by_ratio[ratio]),
             "speedup": its / base if base else None,
             "compile_seconds": statistics.mean(compile_times) if compile_times else None,
+            "effective_ratio": statistics.mean(effective) if effective else None,
         })
     return rows
 
 
 def summary_markdown(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table, with the devices and processes it covers."""
+    """The summary as a Markdown table, with the devices and processes it covers; where a ratio merges less
+    than asked (the strides cap it, or no block merges), an "effective ratio" column says how much."""
     devices = sorted({r["device"] for r in records})
     ranks = sorted({r["rank"] for r in records})
     backends = sorted({r["compile"] for r in records if r.get("compile")})
     compiled = any(row["compile_seconds"] is not None for row in rows)
+    capped = any(ratio_label(row["ratio"], row["effective_ratio"]) != f"{row['ratio']:g}" for row in rows)
     lines = [
         f"{len(records)} images; devices: {', '.join(devices)}; process ranks: {', '.join(map(str, ranks))}"
         + (f"; denoiser compiled with torch.compile(backend={', '.join(backends)}), it/s without the compile time"
            if backends else ""),
         "",
-        "| ratio | images | mean it/s | mean seconds | speedup vs ratio 0 |" + (" compile (s) |" if compiled else ""),
-        "| ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if compiled else ""),
+        "| ratio | images | mean it/s | mean seconds | speedup vs ratio 0 |" + (" compile (s) |" if compiled else "")
+        + (" effective ratio |" if capped else ""),
+        "| ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if compiled else "") + (" ---: |" if capped else ""),
     ]
     for row in rows:
         speedup = "n/a" if row["speedup"] is None else f"{row['speedup']:.2f}x"
         line = f"| {row['ratio']:g} | {row['images']} | {row['mean_its']:.3f} | {row['mean_seconds']:.2f} | {speedup} |"
         if compiled:
             line += " n/a |" if row["compile_seconds"] is None else f" {row['compile_seconds']:.2f} |"
+        if capped:
+            line += " n/a |" if row["effective_ratio"] is None else f" {row['effective_ratio']:.3g} |"
         lines.append(line)
+    if capped:
+        lines += ["", "effective ratio: the share of tokens really merged (tokens-weighted over the merging blocks); "
+                      "below the ratio where the strides allow less (at most 1 - 1/(sx*sy)) or no block merges"]
     if compiled:
         lines += ["", "compile (s): the untimed warm-ups at that ratio, in which the denoiser compiles (compile time "
                       "plus one whole and one 1-step generation), mean over processes"]
@@ -428,15 +439,17 @@ def library_versions() -> dict[str, str]:
 
 def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.device, rank: int,
                world_size: int, versions: dict[str, str], placement: dict[str, str], file: str | None = None,
-               compile_seconds: float | None = None) -> dict[str, Any]:
+               compile_seconds: float | None = None, effective: float | None = None) -> dict[str, Any]:
     """The log line of one image (``file``: its name, the job's image name by default; ``compile_seconds``:
-    this process's compile time at the job's ratio, when compiled)."""
+    this process's compile time at the job's ratio, when compiled; ``effective``: the share of tokens really
+    merged at the job's ratio, :func:`tomesd.lab.generation.effective_ratio`)."""
     return {
         "file": file or job.filename,
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "ratio": job.ratio,
+        "effective_ratio": None if effective is None else round(effective, 4),
         "patch_options": config["patch_options"],
         "steps": config["steps"],
         "guidance": config["guidance"],
@@ -504,6 +517,7 @@ def run_jobs(pipe: Any, jobs: list[Job], batch: Batch, rank: int, world_size: in
     if jobs:
         call_arguments(pipe, _settings(config, jobs[0]))  # a setting this pipeline cannot take: refused now
     check_patch(pipe, ratios, options)
+    effective = {ratio: effective_ratio(pipe, _settings(config, jobs[0]), ratio, options) for ratio in ratios} if jobs else {}
     compile_seconds = {}
     if batch.warmup and jobs:
         compile_seconds = warm_up(pipe, _settings(config, jobs[0]), jobs[0].seed, ratios, options, config["compile"])
@@ -520,12 +534,13 @@ def run_jobs(pipe: Any, jobs: list[Job], batch: Batch, rank: int, world_size: in
             tmp = out / f".{name}.partial"  # not *.png / *.gif: never mistaken for a finished image
             save_output(generation, tmp, batch.fps)
             append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions,
-                                            batch.placement, name, compile_seconds.get(job.ratio)))
+                                            batch.placement, name, compile_seconds.get(job.ratio),
+                                            effective[job.ratio]))
             if done == 0:
                 record_run_config(out, config)
             os.replace(tmp, out / name)
             done += 1
-            bar.set_postfix(ratio=f"{job.ratio:g}", its=f"{generation.run.its:.2f}")
+            bar.set_postfix(ratio=ratio_label(job.ratio, effective[job.ratio]), its=f"{generation.run.its:.2f}")
     except KeyboardInterrupt:  # second Ctrl-C: the current image is abandoned; the next run removes its .partial
         stop.requested = True
     finally:

@@ -23,8 +23,8 @@ from tomesd.lab.timing import DENOISERS, PeakMemory, PipelineRun, denoiser_name,
 
 __all__ = [
     "Generation", "GenerationSettings", "call_arguments", "check_compile_backend", "check_patch_options", "check_ratio",
-    "compile_module", "generate", "is_video_pipeline", "parse_option", "patch_option_defaults", "set_ratio", "unpatch",
-    "warm_up",
+    "compile_module", "effective_ratio", "generate", "is_video_pipeline", "parse_option", "patch_option_defaults",
+    "ratio_label", "set_ratio", "unpatch", "warm_up",
 ]
 
 #: The default ``torch.compile`` backend of ``--compile`` (and the app's checkbox).
@@ -167,6 +167,41 @@ def check_patch_options(options: Mapping[str, Any], ratios: Iterable[float] = (0
         except TypeError as error:
             raise ValueError(str(error)) from None
     return full
+
+
+def effective_ratio(pipe: Any, settings: GenerationSettings, ratio: float,
+                    options: Mapping[str, Any] | None = None) -> float:
+    """The share of image tokens the patch really merges away at ``ratio`` for ``settings``' size: the merged
+    tokens over all tokens of the blocks that merge, as :func:`tomesd.patch.diffusers.merge_report` reports
+    them at the run's latent size (nothing is patched). Below ``ratio`` where the strides cap it (at sx=sy=2,
+    0.9 merges 0.75); 0.0 at ratio 0 or where no block merges.
+
+    Args:
+        pipe: a diffusers pipeline (or model) the patch supports.
+        settings: the run's size (width, height).
+        ratio: the requested merge ratio.
+        options: the other patch options.
+
+    Raises:
+        ValueError, TypeError: a ratio or option the patch refuses.
+    """
+    if ratio == 0:
+        return 0.0
+    from tomesd.patch.diffusers import merge_report
+
+    scale = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8)
+    latent = (-(-int(settings.height) // scale), -(-int(settings.width) // scale))
+    merging = [block for block in merge_report(pipe, latent, ratio=ratio, **dict(options or {})) if block.submodules]
+    tokens = sum(block.tokens for block in merging)
+    return sum(block.merged for block in merging) / tokens if tokens else 0.0
+
+
+def ratio_label(requested: float, effective: float | None) -> str:
+    """``requested`` as shown to users, with the effective ratio beside it where the two differ at the shown
+    precision (two decimals): ``"0.9 (0.75 effective)"``, else ``"0.5"``. None (not known): the requested."""
+    if effective is None or abs(effective - requested) < 0.005:
+        return f"{requested:g}"
+    return f"{requested:g} ({effective:.3g} effective)"
 
 
 def check_compile_backend(backend: str | None) -> str | None:

@@ -165,7 +165,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                 return _outputs(status=f"**Error:** {error}")
         return _outputs(
             gallery=[(r.image, r.caption) for r in results],
-            diffs=[(r.diff_map, f"ratio {r.ratio:g}: |difference| x4 vs ratio 0") for r in results],
+            diffs=[(r.diff_map, f"ratio {r.label}: |difference| x4 vs ratio 0") for r in results],
             table=results_table(results),
             chart=speed_chart(results),
             status=f"Done: {len(results)} ratios, {repeats} timed run(s) each, medians shown"
