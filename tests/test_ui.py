@@ -286,6 +286,15 @@ def test_a_dit_pipeline_compares_compiled_with_the_compile_time_apart(client, zo
     assert float(row.split("|")[-2]) > 0
 
 
+def test_a_ratio_the_strides_cap_is_shown_with_its_effective_ratio_in_the_table(client):
+    """Through the server: at 64 px the demo U-Net's merging block has a 32x32 grid, so with 2x2 strides 0.9
+    merges exactly 0.75 of its tokens (the same image as 0.75) and its row says so; 0.5 carries no note."""
+    *_, table, _, status = client.predict(*api_values({**QUICK, "ratios": [0.0, 0.5, 0.9]}), api_name="/run")
+    assert status.startswith("Done")
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows == ["0", "0.5", "0.9 (0.75 effective)"]
+
+
 def test_a_video_pipeline_is_sent_to_tomesd_generate(client, zoo_dirs):
     request = {**QUICK, "model": str(zoo_dirs("AnimateDiffPipeline")), "width": 32, "height": 32}
     status = client.predict(*api_values(request), api_name="/run")[-1]
