@@ -35,3 +35,22 @@ def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def zoo_dirs(tmp_path_factory):
+    """name -> a folder holding that tiny pipeline of ``diffusers_zoo.PIPELINES`` (DiT and video pipelines),
+    saved with ``save_pretrained`` on first use, as a user's local model folder."""
+    import diffusers_zoo
+
+    folders: dict[str, Path] = {}
+
+    def folder(name: str) -> Path:
+        if name not in folders:
+            root = tmp_path_factory.mktemp(name)
+            pipe, _ = diffusers_zoo.PIPELINES[name](root / "tokenizers")
+            pipe.save_pretrained(root / "model", safe_serialization=True)
+            folders[name] = root / "model"
+        return folders[name]
+
+    return folder

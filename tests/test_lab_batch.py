@@ -125,6 +125,20 @@ def test_batch_writes_images_log_and_summary_then_resumes(tiny_pipeline_dir, tmp
         assert sheet.size == (2 * 160, 3 * (160 + 32))  # 2 ratios x 3 seeds
 
 
+def test_the_log_and_summary_give_the_effective_ratio_where_the_strides_cap_it(tiny_pipeline_dir, tmp_path, capsys):
+    """At sx=sy=2, ratio 0.9 merges 0.75 of the tokens (the same image as 0.75): every log line says so and the
+    summary shows it in an "effective ratio" column; 0.5 is uncapped (exact on the toy U-Net's even grids)."""
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="ratio=0.9 is more than"):  # the apply-time warning stays
+        assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a red cat", "--ratios", "0", "0.5", "0.9",
+                                   "--min-tokens", "0", "--no-warmup")) == 0
+    assert {r["ratio"]: r["effective_ratio"] for r in _log_lines(out)} == {0.0: 0.0, 0.5: 0.5, 0.9: 0.75}
+    summary = (out / "summary.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| 0")}
+    assert "effective ratio |" in summary
+    assert rows["0.9"].endswith("| 0.75 |") and rows["0.5"].endswith("| 0.5 |") and rows["0"].endswith("| 0 |")
+
+
 def test_resuming_with_other_settings_is_refused(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert generate_main(_args(tiny_pipeline_dir, out, "--prompt", "a", "--ratios", "0", "--no-warmup")) == 0

@@ -70,6 +70,40 @@ def test_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
     assert (out / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_compiled_unet_measurement_reports_compile_time_apart_and_the_eager_outputs():
+    """Backend "eager" (fast; the compiled path all the same): every setting gets its compile time, timed
+    before the interleaved rounds (each timed repetition is a warm call), and the compiled forward at each
+    setting is exactly the uncompiled one (a graph traced under one patch is never replayed under another)."""
+    import tiny
+
+    unet = tiny.unet("sd1")
+    settings = bench.make_settings([0.5], [("default", {"min_tokens": 0})])
+    rows = bench.measure_unet("sd1", unet, settings, batch=1, resolution=64, repeats=2, warmup=0, compile="eager")
+    assert [r.ratio for r in rows] == [0.0, 0.5] and all(r.compile_s > 0 and len(r.times_s) == 2 for r in rows)
+    assert not tomesd.is_patched(unet) and not hasattr(unet, "_orig_mod")
+    table = bench.markdown_table(rows, "context", "U-Net forward")
+    assert "| compile (s) |" in table.splitlines()[2]
+    inputs = bench.unet_inputs(unet, 1, 64)
+    compiled = torch.compile(unet, backend="eager")
+    with torch.inference_mode():
+        for setting in settings + settings[:1]:  # 0, 0.5, back to 0
+            bench.set_ratio(unet, setting.ratio, setting.options)
+            assert torch.equal(compiled(**inputs).sample, unet(**inputs).sample)
+    tomesd.remove_patch(unet)
+
+
+def test_compiled_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench_main(["--arch", "pipeline", "--model", str(tiny_pipeline_dir), "--steps", "1", "--resolution", "32",
+                       "--ratios", "0", "0.5", "--repeats", "1", "--warmup", "0", "--out", str(out),
+                       "--variant", "default:min_tokens=0", "--compile", "eager"]) == 0
+    table = (out / "benchmark.md").read_text()
+    assert "generation, torch.compile(backend='eager')" in table and "compile time plus one call" in table
+    rows = json.loads((out / "benchmark.json").read_text())["rows"]
+    assert [r["ratio"] for r in rows] == [0.0, 0.5] and all(r["compile_s"] > 0 for r in rows)
+    assert rows[0]["psnr"] == float("inf") and rows[1]["psnr"] < float("inf")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -77,6 +111,8 @@ def test_pipeline_benchmark_end_to_end(tiny_pipeline_dir, tmp_path, capsys):
         (["--resolution", "500"], "multiple of 8"),
         (["--repeats", "0"], "--repeats must be >= 1"),
         (["--variant", "x:nope=1"], "unknown patch option"),
+        (["--compile", "no-such-backend"], "unknown torch.compile backend 'no-such-backend'"),
+        (["--compile", "--compare-013", "/bin/sh"], "--compile and --compare-013 do not mix"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(argv, message, capsys):

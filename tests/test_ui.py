@@ -220,12 +220,12 @@ def test_queued_runs_wait_and_stop_acts_on_its_own_page_only(browser, app, page)
 
 #: The API server's limits: a small pixel limit (so a flag is seen to change it), and a time budget that
 #: ends a run nobody stops (the abandoned-run test asserts a much quicker start than this budget).
-API_FLAGS = ("--max-pixels", "16384", "--max-steps", "2000", "--max-seconds", "30")
-#: The patch options after "timed runs per ratio", in the page's order, at their defaults.
+API_FLAGS = ("--max-pixels", "16384", "--max-steps", "2000", "--max-seconds", "30", "--compile-backend", "eager")
+#: The patch options after "timed runs per ratio" and "compile", in the page's order, at their defaults.
 DEFAULT_OPTIONS = {"max_downsample": "auto", "min_tokens": 1024, "sx": 2, "sy": 2, "use_rand": True, "merge_attn": True,
                    "merge_crossattn": False, "merge_mlp": True, "seed": 0, "kv_downsample": 2, "matching": "local"}
 QUICK = {"model": "", "config": "", "prompt": "a red circle", "negative": "", "seed": 0, "steps": 1, "guidance": 5.0,
-         "width": 64, "height": 64, "ratios": [0.0, 0.5], "repeats": 1}
+         "width": 64, "height": 64, "ratios": [0.0, 0.5], "repeats": 1, "compile": False}
 #: About 2000 steps at 128 px: minutes of work on this machine unless something stops it.
 LONG = {**QUICK, "steps": 1000, "width": 128, "height": 128}
 
@@ -272,6 +272,33 @@ def test_the_server_refuses_out_of_range_values_quickly_naming_the_field(client,
     status = client.predict(*api_values({**QUICK, **changes}, **options), api_name="/run")[-1]
     assert time.monotonic() - start < 10  # refused before any work (a run of these would take minutes or fail)
     assert status.startswith("**Error:**") and message in status
+
+
+def test_a_dit_pipeline_compares_compiled_with_the_compile_time_apart(client, zoo_dirs):
+    """A Flux folder (its denoiser is pipe.transformer, no negative prompt, distilled guidance) at ratio 0
+    (the patch does not merge DiTs on main), its transformer compiled with the server's backend ("eager")."""
+    request = {**QUICK, "model": str(zoo_dirs("FluxPipeline")), "width": 32, "height": 32, "guidance": 3.5,
+               "ratios": [0.0], "compile": True}
+    *_, table, _, status = client.predict(*api_values(request), api_name="/run")
+    assert status.startswith("Done") and "denoiser compiled (eager), compile time apart" in status
+    header, _, row = table.splitlines()
+    assert header.endswith("| compile (s) |") and row.startswith("| 0 |")
+    assert float(row.split("|")[-2]) > 0
+
+
+def test_a_ratio_the_strides_cap_is_shown_with_its_effective_ratio_in_the_table(client):
+    """Through the server: at 64 px the demo U-Net's merging block has a 32x32 grid, so with 2x2 strides 0.9
+    merges exactly 0.75 of its tokens (the same image as 0.75) and its row says so; 0.5 carries no note."""
+    *_, table, _, status = client.predict(*api_values({**QUICK, "ratios": [0.0, 0.5, 0.9]}), api_name="/run")
+    assert status.startswith("Done")
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows == ["0", "0.5", "0.9 (0.75 effective)"]
+
+
+def test_a_video_pipeline_is_sent_to_tomesd_generate(client, zoo_dirs):
+    request = {**QUICK, "model": str(zoo_dirs("AnimateDiffPipeline")), "width": 32, "height": 32}
+    status = client.predict(*api_values(request), api_name="/run")[-1]
+    assert status.startswith("**Error:** AnimateDiffPipeline makes videos") and "tomesd generate" in status
 
 
 def test_an_abandoned_run_is_cancelled_and_the_next_users_run_starts_within_seconds(api_app, client):

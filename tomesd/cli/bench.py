@@ -3,7 +3,9 @@ against the unpatched baseline, in one process, interleaved (see :mod:`tomesd.la
 
 * ``--arch sd15`` / ``sdxl``: one U-Net forward of the full-size architecture, random weights;
 * ``--arch pipeline``: whole generations of ``--model`` (the demo model by default), with PSNR / SSIM;
-* ``--quality N``: N held-out prompts on the demo model under every setting (and tomesd 0.1.3's).
+* ``--quality N``: N held-out prompts on the demo model under every setting (and tomesd 0.1.3's);
+* ``--compile [BACKEND]``: the U-Net / pipeline rows compiled (patched first, then compiled; default backend
+  inductor), each setting's compile time reported apart from the medians.
 
 Results: ``benchmark.md``, ``benchmark.json`` and ``benchmark.png`` in ``--out``.
 
@@ -25,7 +27,7 @@ from tomesd.lab.bench import (
     ARCHS, TOMESD013_PYTHON, check_worker, machine_description, make_settings, measure_arch, parse_variant, run_quality,
     write_results,
 )
-from tomesd.lab.generation import check_ratio
+from tomesd.lab.generation import DEFAULT_COMPILE_BACKEND, check_compile_backend, check_ratio
 from tomesd.lab.loading import DEMO, DTYPES
 
 __all__ = ["build_parser", "main"]
@@ -58,6 +60,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--quality", type=int, default=0, metavar="N",
                         help="also draw N held-out prompts on the demo model under every setting (and tomesd 0.1.3's "
                              "with --compare-013) and report adherence, PSNR and SSIM against the unpatched images")
+    parser.add_argument("--compile", nargs="?", const=DEFAULT_COMPILE_BACKEND, metavar="BACKEND",
+                        help="compiled unpatched vs compiled patched: torch.compile the model after patching it at "
+                             f"every setting (backend default {DEFAULT_COMPILE_BACKEND}; 'eager' to check the path "
+                             "fast); compile time is reported apart")
     parser.add_argument("--out", type=Path, default=Path("benchmark"))
     parser.add_argument("--compare-013", type=Path, metavar="PYTHON", nargs="?", const=TOMESD013_PYTHON,
                         help="also measure tomesd 0.1.3 on the same U-Nets (and demo images) with this interpreter "
@@ -78,6 +84,9 @@ def _check(args: argparse.Namespace) -> None:
             raise ValueError(f"--resolution {resolution} must be a positive multiple of 8")
     if args.compare_013 and not args.compare_013.exists():
         raise ValueError(f"--compare-013: no interpreter at {args.compare_013}; run scripts/setup_tomesd013.sh")
+    check_compile_backend(args.compile)
+    if args.compile and args.compare_013:
+        raise ValueError("--compile and --compare-013 do not mix: tomesd 0.1.3's worker times the U-Net eager")
     if not args.arch and not args.quality:
         raise ValueError("nothing to measure: give --arch and/or --quality N")
     if args.quality or set(args.arch) - {"pipeline"}:
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         arch_rows, unit = measure_arch(
             arch, settings, model=args.model, resolutions=args.resolution or (), batch=args.batch, steps=args.steps,
             prompt=args.prompt, seed=args.seed, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
-            device=args.device, compare_013=args.compare_013,
+            device=args.device, compare_013=args.compare_013, compile=args.compile,
         )
         rows += arch_rows
         units.append(unit)

@@ -1,7 +1,10 @@
 """``tomesd generate`` (and ``scripts/generate.py``): batch generation with token merging and a per-image
 speed log; see :mod:`tomesd.lab.batch` for what it writes, how it resumes and how it runs on several GPUs.
 
-Every prompt x seed x ratio is one image, written to ``--out`` with a log line and summarised per ratio.
+Every prompt x seed x ratio is one image, written to ``--out`` with a log line and summarised per ratio. Image
+pipelines with a U-Net (SD 1.x/2.x/XL) or a transformer (PixArt, SD3, Flux, Sana) write PNGs; video pipelines
+(AnimateDiff, Stable Video Diffusion, Wan) write each video's frames as an animated GIF. ``--compile``
+compiles the patched denoiser; its compile time is logged and summarised apart from the it/s.
 Everything is checked before the model loads: bad input exits with code 2 and a message, writing nothing.
 
 Example::
@@ -17,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tomesd.lab.batch import SHEET_FILE, Batch, plan_batch, read_prompts, run_batch
-from tomesd.lab.generation import parse_option, patch_option_defaults
+from tomesd.lab.batch import DEFAULT_FPS, SHEET_FILE, Batch, plan_batch, read_prompts, run_batch
+from tomesd.lab.generation import DEFAULT_COMPILE_BACKEND, parse_option, patch_option_defaults
 from tomesd.lab.loading import ATTENTION, DEMO, DTYPES, OFFLOAD
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -51,6 +54,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION,
                         help="U-Net attention: PyTorch SDPA (default), classic softmax(QK^T)V, or xformers (GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", nargs="?", const=DEFAULT_COMPILE_BACKEND, metavar="BACKEND",
+                        help=f"torch.compile the denoiser after patching it at each ratio (backend default "
+                             f"{DEFAULT_COMPILE_BACKEND}; 'eager' to check the path fast); the warm-up compiles and "
+                             "its time is reported apart from the it/s")
+    video = parser.add_argument_group("video pipelines (AnimateDiff, Stable Video Diffusion, Wan)")
+    video.add_argument("--frames", type=int, help="frames per video (default: the pipeline's)")
+    video.add_argument("--image", type=Path, help="the conditioning image of an image-to-video pipeline (SVD)")
+    video.add_argument("--fps", type=int, default=DEFAULT_FPS, help=f"frames per second of the GIFs (default "
+                       f"{DEFAULT_FPS})")
     parser.add_argument("--sheet", action="store_true",
                         help=f"also write {SHEET_FILE}: every image in a grid, a row per prompt and seed, a column "
                              "per ratio")
@@ -88,7 +100,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> Batch:
             steps=args.steps, guidance=args.guidance, width=args.width, height=args.height, dtype=args.dtype,
             device=args.device, offload=args.offload, attention=args.attention, threads=args.threads,
             patch_options={name: getattr(args, name) for name in patch_option_defaults()}, warmup=args.warmup,
-            sheet=args.sheet,
+            sheet=args.sheet, frames=args.frames, image=args.image, fps=args.fps, compile=args.compile,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -1,9 +1,10 @@
 """The batch engine behind ``tomesd generate``: token-merged generations with a per-image speed log.
 
-Every prompt x seed x ratio is one image. Images go to ``--out`` with a JSON line per image in
-``log.rank<N>.jsonl`` (prompt, seed, ratio, patch options, steps, size, seconds, it/s, peak memory,
-device, dtype, library versions, process rank), and a per-ratio summary is printed and written to
-``summary.md``. Re-running the same command skips images already written (resume); Ctrl-C finishes the
+Every prompt x seed x ratio is one image (a video pipeline's: one animated GIF of its frames). Images go to
+``--out`` with a JSON line per image in
+``log.rank<N>.jsonl`` (prompt, seed, ratio and the effective ratio really merged, patch options, steps, size, seconds, it/s, peak memory,
+device, dtype, library versions, process rank; with ``compile``, the backend and the compile time of its
+ratio), and a per-ratio summary is printed and written to ``summary.md``. Re-running the same command skips images already written (resume); Ctrl-C finishes the
 image in progress and stops (a second Ctrl-C stops at once), leaving only complete images and log lines.
 Everything is checked before the model loads or ``--out`` is touched (:func:`plan_batch`), and ``run.json``,
 which locks the folder to the run's settings, is written with the first image: a refused run leaves no trace.
@@ -34,7 +35,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 import tomesd
-from tomesd.lab.generation import GenerationSettings, check_patch_options, check_ratio, generate, set_ratio
+from tomesd.lab.generation import (
+    GenerationSettings, call_arguments, check_compile_backend, check_patch_options, check_ratio, effective_ratio,
+    generate, is_video_pipeline, ratio_label, set_ratio, unpatch, warm_up,
+)
 from tomesd.lab.loading import DEMO, check_placement, check_source, default_settings, load_pipeline, parse_dtype
 from tomesd.lab.timing import execution_device
 
@@ -44,6 +48,8 @@ RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.md"
 SHEET_FILE = "sheet.png"
 LOG_GLOB = "log.rank*.jsonl"
+IMAGE_SUFFIX, VIDEO_SUFFIX = ".png", ".gif"  # an image pipeline's image; a video pipeline's frames, animated
+DEFAULT_FPS = 8
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,24 @@ class Job:
     ratio: float
 
     @property
-    def filename(self) -> str:
-        """A name unique to prompt, negative prompt, seed and ratio, readable at a glance."""
+    def stem(self) -> str:
+        """A name unique to prompt, negative prompt, seed and ratio, readable at a glance (no suffix)."""
         digest = hashlib.sha1(f"{self.prompt}\0{self.negative_prompt}".encode()).hexdigest()[:8]
         slug = re.sub(r"[^a-z0-9]+", "-", self.prompt.lower()).strip("-")[:40] or "prompt"
-        return f"{slug}-{digest}_seed{self.seed}_ratio{self.ratio:g}.png"
+        return f"{slug}-{digest}_seed{self.seed}_ratio{self.ratio:g}"
+
+    @property
+    def filename(self) -> str:
+        """The image's file name."""
+        return self.stem + IMAGE_SUFFIX
+
+    def output_name(self, video: bool) -> str:
+        """The file name of this job's output: its image, or (``video``) the GIF of its frames."""
+        return self.stem + (VIDEO_SUFFIX if video else IMAGE_SUFFIX)
+
+    def is_written(self, out: Path) -> bool:
+        """Whether ``out`` holds this job's output, image or video (known before the model loads)."""
+        return any((out / (self.stem + suffix)).is_file() for suffix in (IMAGE_SUFFIX, VIDEO_SUFFIX))
 
 
 # ---------------------------------------------------------------- inputs
@@ -123,8 +142,8 @@ def plan_jobs(prompts: list[tuple[str, str]], seeds: Iterable[int], ratios: Iter
 
 
 def finished_images(out: Path) -> list[Path]:
-    """The images of finished jobs in ``out`` (not the contact sheet, not a ``.partial`` file)."""
-    return [path for path in out.glob("*.png") if path.name != SHEET_FILE]
+    """The images (and videos) of finished jobs in ``out`` (not the contact sheet, not a ``.partial`` file)."""
+    return [path for suffix in (IMAGE_SUFFIX, VIDEO_SUFFIX) for path in out.glob(f"*{suffix}") if path.name != SHEET_FILE]
 
 
 def check_run_config(out: Path, config: Mapping[str, Any]) -> None:
@@ -169,6 +188,7 @@ class Batch:
     threads: int | None = None
     warmup: bool = True
     sheet: bool = False
+    fps: int = DEFAULT_FPS
 
     @property
     def placement(self) -> dict[str, str]:
@@ -196,6 +216,10 @@ def plan_batch(
     patch_options: Mapping[str, Any] | None = None,
     warmup: bool = True,
     sheet: bool = False,
+    frames: int | None = None,
+    image: str | Path | None = None,
+    fps: int = DEFAULT_FPS,
+    compile: str | None = None,
 ) -> Batch:
     """Check every input of a batch, without loading the model or touching ``out``.
 
@@ -214,18 +238,31 @@ def plan_batch(
         patch_options: the diffusers patch options besides the ratio (their defaults when absent).
         warmup: an untimed 1-step generation per ratio first.
         sheet: also write a contact sheet of every image.
+        frames: for a video pipeline, the frames of each video (None: the pipeline's default).
+        image: for an image-to-video pipeline (Stable Video Diffusion), the conditioning image's path.
+        fps: frames per second of the GIFs a video pipeline's frames are written as.
+        compile: a ``torch.compile`` backend ("inductor", "eager"...) to compile the denoiser with, after
+            patching it at each ratio; needs the warm-up (:func:`tomesd.lab.generation.warm_up`), whose time
+            is then each ratio's compile time.
 
     Returns:
         A :class:`Batch`, jobs ordered with ratios innermost.
 
     Raises:
         ValueError: no prompt or a blank one, a bad seed, ratio, setting, dtype, device, placement, thread
-            count, patch option or model source.
+            count, patch option, model source, frame count, image, fps or compile backend, or compiling
+            without the warm-up.
     """
     if not prompts:
         raise ValueError("no prompt: give --prompt TEXT or --prompts FILE")
     if threads is not None and threads < 1:
         raise ValueError(f"threads={threads} must be at least 1")
+    if int(fps) != fps or fps < 1:
+        raise ValueError(f"fps={fps} must be a positive integer")
+    check_compile_backend(compile)
+    if compile is not None and not warmup:
+        raise ValueError("compiling needs the warm-up: the first generation at each ratio compiles (its time is the "
+                         "compile time, reported apart); drop --no-warmup")
     seeds = list(dict.fromkeys(int(seed) for seed in seeds))
     for seed in seeds:
         _check_seed(seed)
@@ -244,11 +281,14 @@ def plan_batch(
         "height": defaults["size"] if height is None else height,
         "dtype": dtype,
         "patch_options": check_patch_options(patch_options or {}, ratios),
+        "frames": frames,
+        "image": None if image is None else str(Path(image).expanduser().resolve()),
+        "compile": compile,
     }
     jobs = plan_jobs(list(prompts), seeds, ratios)
     for job in jobs:  # a blank prompt or a bad setting is refused here, not after the model has loaded
         _settings(run_config, job)
-    return Batch(jobs, run_config, Path(out), device, offload, attention, threads, warmup, sheet)
+    return Batch(jobs, run_config, Path(out), device, offload, attention, threads, warmup, sheet, int(fps))
 
 
 def _check_seed(seed: int) -> None:
@@ -259,10 +299,10 @@ def _check_seed(seed: int) -> None:
         raise ValueError(f"seed {seed} is out of range; accepted: -2**63 to 2**64 - 1") from None
 
 
-def _settings(config: Mapping[str, Any], job: Job, steps: int | None = None) -> GenerationSettings:
-    """The generation settings of ``job`` under ``config`` (``steps`` overrides, for the warm-up)."""
-    return GenerationSettings(job.prompt, job.negative_prompt, steps or config["steps"], config["guidance"],
-                              config["width"], config["height"])
+def _settings(config: Mapping[str, Any], job: Job) -> GenerationSettings:
+    """The generation settings of ``job`` under ``config``."""
+    return GenerationSettings(job.prompt, job.negative_prompt, config["steps"], config["guidance"],
+                              config["width"], config["height"], config.get("frames"), config.get("image"))
 
 
 # ---------------------------------------------------------------- outputs
@@ -304,7 +344,9 @@ def read_logs(out: Path) -> list[dict[str, Any]]:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per ratio: images, mean it/s, mean seconds and speedup (mean it/s over ratio 0's mean it/s)."""
+    """Per ratio: images, mean it/s, mean seconds, speedup (mean it/s over ratio 0's mean it/s), the effective
+    ratio its log lines give (None for logs written before it was logged) and, for a compiled run, the mean
+    compile time (each process compiles once per ratio; None when not compiled)."""
     by_ratio: dict[float, list[dict[str, Any]]] = {}
     for record in records:
         by_ratio.setdefault(record["ratio"], []).append(record)
@@ -312,31 +354,51 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for ratio in sorted(by_ratio):
         its = statistics.mean(r["its"] for r in by_ratio[ratio])
+        compile_times = [r["compile_seconds"] for r in by_ratio[ratio] if r.get("compile_seconds") is not None]
+        effective = [r["effective_ratio"] for r in by_ratio[ratio] if r.get("effective_ratio") is not None]
         rows.append({
             "ratio": ratio,
             "images": len(by_ratio[ratio]),
             "mean_its": its,
             "mean_seconds": statistics.mean(r["seconds"] for r in by_ratio[ratio]),
             "speedup": its / base if base else None,
+            "compile_seconds": statistics.mean(compile_times) if compile_times else None,
+            "effective_ratio": statistics.mean(effective) if effective else None,
         })
     return rows
 
 
 def summary_markdown(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table, with the devices and processes it covers."""
+    """The summary as a Markdown table, with the devices and processes it covers; where a ratio merges less
+    than asked (the strides cap it, or no block merges), an "effective ratio" column says how much."""
     devices = sorted({r["device"] for r in records})
     ranks = sorted({r["rank"] for r in records})
+    backends = sorted({r["compile"] for r in records if r.get("compile")})
+    compiled = any(row["compile_seconds"] is not None for row in rows)
+    capped = any(ratio_label(row["ratio"], row["effective_ratio"]) != f"{row['ratio']:g}" for row in rows)
     lines = [
-        f"{len(records)} images; devices: {', '.join(devices)}; process ranks: {', '.join(map(str, ranks))}",
+        f"{len(records)} images; devices: {', '.join(devices)}; process ranks: {', '.join(map(str, ranks))}"
+        + (f"; denoiser compiled with torch.compile(backend={', '.join(backends)}), it/s without the compile time"
+           if backends else ""),
         "",
-        "| ratio | images | mean it/s | mean seconds | speedup vs ratio 0 |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| ratio | images | mean it/s | mean seconds | speedup vs ratio 0 |" + (" compile (s) |" if compiled else "")
+        + (" effective ratio |" if capped else ""),
+        "| ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if compiled else "") + (" ---: |" if capped else ""),
     ]
     for row in rows:
         speedup = "n/a" if row["speedup"] is None else f"{row['speedup']:.2f}x"
-        lines.append(
-            f"| {row['ratio']:g} | {row['images']} | {row['mean_its']:.3f} | {row['mean_seconds']:.2f} | {speedup} |"
-        )
+        line = f"| {row['ratio']:g} | {row['images']} | {row['mean_its']:.3f} | {row['mean_seconds']:.2f} | {speedup} |"
+        if compiled:
+            line += " n/a |" if row["compile_seconds"] is None else f" {row['compile_seconds']:.2f} |"
+        if capped:
+            line += " n/a |" if row["effective_ratio"] is None else f" {row['effective_ratio']:.3g} |"
+        lines.append(line)
+    if capped:
+        lines += ["", "effective ratio: the share of tokens really merged (tokens-weighted over the merging blocks); "
+                      "below the ratio where the strides allow less (at most 1 - 1/(sx*sy)) or no block merges"]
+    if compiled:
+        lines += ["", "compile (s): the untimed warm-ups at that ratio, in which the denoiser compiles (compile time "
+                      "plus one whole and one 1-step generation), mean over processes"]
     return "\n".join(lines) + "\n"
 
 
@@ -376,14 +438,18 @@ def library_versions() -> dict[str, str]:
 
 
 def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.device, rank: int,
-               world_size: int, versions: dict[str, str], placement: dict[str, str]) -> dict[str, Any]:
-    """The log line of one image."""
+               world_size: int, versions: dict[str, str], placement: dict[str, str], file: str | None = None,
+               compile_seconds: float | None = None, effective: float | None = None) -> dict[str, Any]:
+    """The log line of one image (``file``: its name, the job's image name by default; ``compile_seconds``:
+    this process's compile time at the job's ratio, when compiled; ``effective``: the share of tokens really
+    merged at the job's ratio, :func:`tomesd.lab.generation.effective_ratio`)."""
     return {
-        "file": job.filename,
+        "file": file or job.filename,
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "ratio": job.ratio,
+        "effective_ratio": None if effective is None else round(effective, 4),
         "patch_options": config["patch_options"],
         "steps": config["steps"],
         "guidance": config["guidance"],
@@ -398,6 +464,9 @@ def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.
         "memory_kind": generation.memory_kind,
         "device": str(device),
         "dtype": config["dtype"],
+        "frames": None if generation.frames is None else len(generation.frames),
+        "compile": config.get("compile"),
+        "compile_seconds": None if compile_seconds is None else round(compile_seconds, 4),
         **placement,
         "torch_threads": torch.get_num_threads(),
         "rank": rank,
@@ -409,16 +478,30 @@ def log_record(job: Job, generation: Any, config: dict[str, Any], device: torch.
 
 def check_patch(pipe: Any, ratios: Iterable[float], options: Mapping[str, Any]) -> None:
     """Apply and remove the patch at every ratio once, so a refusal that depends on the model (e.g. no block
-    to merge) comes before the first image, not between two.
+    to merge, a model the patch does not support yet) comes before the first image, not between two.
 
     Raises:
-        ValueError, TypeError: from :func:`tomesd.apply_patch`.
+        ValueError, TypeError: from :func:`tomesd.apply_patch`, the message naming the ratio.
     """
     try:
         for ratio in ratios:
-            set_ratio(pipe, ratio, options)
+            try:
+                set_ratio(pipe, ratio, options)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"cannot merge tokens at ratio {ratio:g}: {error} (ratio 0 runs the model "
+                                  "unpatched)") from None
     finally:
         tomesd.remove_patch(pipe)
+
+
+def save_output(generation: Any, path: Path, fps: int) -> None:
+    """Write ``generation`` to ``path``: a PNG image, or a video's frames as an animated GIF (looping, ``fps``
+    frames per second)."""
+    if generation.frames is None:
+        generation.image.save(path, format="PNG")
+    else:
+        first, *rest = generation.frames
+        first.save(path, format="GIF", save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
 
 
 def run_jobs(pipe: Any, jobs: list[Job], batch: Batch, rank: int, world_size: int, stop: StopOnInterrupt) -> int:
@@ -430,31 +513,39 @@ def run_jobs(pipe: Any, jobs: list[Job], batch: Batch, rank: int, world_size: in
     device, versions, options = execution_device(pipe), library_versions(), config["patch_options"]
     log_path = out / f"log.rank{rank}.jsonl"
     ratios = sorted({job.ratio for job in jobs})
+    video = is_video_pipeline(pipe)
+    if jobs:
+        call_arguments(pipe, _settings(config, jobs[0]))  # a setting this pipeline cannot take: refused now
     check_patch(pipe, ratios, options)
+    effective = {ratio: effective_ratio(pipe, _settings(config, jobs[0]), ratio, options) for ratio in ratios} if jobs else {}
+    compile_seconds = {}
     if batch.warmup and jobs:
-        for ratio in ratios:
-            generate(pipe, _settings(config, jobs[0], steps=1), jobs[0].seed, ratio, options)
+        compile_seconds = warm_up(pipe, _settings(config, jobs[0]), jobs[0].seed, ratios, options, config["compile"])
+        compile_seconds = compile_seconds if config["compile"] else {}
     done = 0
     bar = tqdm(jobs, desc=f"rank {rank}" if world_size > 1 else "images", position=rank)
     try:
         for job in bar:
             if stop.requested:
                 break
-            generation = generate(pipe, _settings(config, job), job.seed, job.ratio, options)
-            tmp = out / f".{job.filename}.partial"  # not *.png: never mistaken for a finished image
-            generation.image.save(tmp, format="PNG")
+            generation = generate(pipe, _settings(config, job), job.seed, job.ratio, options,
+                                  compile=config.get("compile"))
+            name = job.output_name(video)
+            tmp = out / f".{name}.partial"  # not *.png / *.gif: never mistaken for a finished image
+            save_output(generation, tmp, batch.fps)
             append_log(log_path, log_record(job, generation, config, device, rank, world_size, versions,
-                                            batch.placement))
+                                            batch.placement, name, compile_seconds.get(job.ratio),
+                                            effective[job.ratio]))
             if done == 0:
                 record_run_config(out, config)
-            os.replace(tmp, out / job.filename)
+            os.replace(tmp, out / name)
             done += 1
-            bar.set_postfix(ratio=f"{job.ratio:g}", its=f"{generation.run.its:.2f}")
+            bar.set_postfix(ratio=ratio_label(job.ratio, effective[job.ratio]), its=f"{generation.run.its:.2f}")
     except KeyboardInterrupt:  # second Ctrl-C: the current image is abandoned; the next run removes its .partial
         stop.requested = True
     finally:
         bar.close()
-        tomesd.remove_patch(pipe)
+        unpatch(pipe)
     return done
 
 
@@ -471,7 +562,7 @@ def prepare_output(state: Any, out: Path, config: dict[str, Any], jobs: list[Job
             stale.unlink()
     state.wait_for_everyone()
     check_run_config(out, config)
-    pending = [job for job in jobs if not (out / job.filename).is_file()]
+    pending = [job for job in jobs if not job.is_written(out)]
     state.wait_for_everyone()  # every process has listed the pending jobs before any is written
     if state.is_main_process:
         print(f"{len(jobs)} images planned, {len(jobs) - len(pending)} already written, {len(pending)} to "

@@ -10,7 +10,10 @@ Two kinds of measurement, each a function of its own:
   default), with the difference of each image from the unmerged one (PSNR, SSIM).
 
 Every setting is timed in the same process, interleaved with the baseline (ratio 0, unpatched), and
-summarised by the median of the repetitions (:func:`tomesd.lab.timing.time_interleaved`).
+summarised by the median of the repetitions (:func:`tomesd.lab.timing.time_interleaved`). With ``compile`` (a
+``torch.compile`` backend) every setting, the baseline included, runs compiled: the model is patched first,
+then compiled, and each setting's first call (its compile time, plus one call) is timed apart, before the
+interleaved rounds.
 :func:`write_results` writes ``benchmark.md`` (Markdown table with the machine and settings),
 ``benchmark.json`` and ``benchmark.png`` (speedup vs ratio).
 
@@ -37,9 +40,9 @@ from typing import Any, Sequence
 import torch
 
 import tomesd
-from tomesd.lab.generation import GenerationSettings, parse_option, set_ratio
+from tomesd.lab.generation import GenerationSettings, call_arguments, compile_module, parse_option, set_ratio, unpatch
 from tomesd.lab.loading import DEMO, default_settings, load_pipeline, parse_dtype
-from tomesd.lab.timing import execution_device, time_interleaved, timed_pipeline_call
+from tomesd.lab.timing import execution_device, synchronize, time_interleaved, timed_pipeline_call
 from tomesd.patch.diffusers import OPTIONS as PATCH_OPTIONS
 
 # Stable Diffusion 1.5's U-Net (runwayml/stable-diffusion-v1-5, unet/config.json): 859,520,964 parameters.
@@ -111,6 +114,7 @@ class Row:
     ssim: float | None = None
     times_s: tuple[float, ...] = ()  # every timed repetition, for the JSON output
     mergeable_share: float | None = None  # of the unpatched forward's time: self-attention + MLP of merged blocks
+    compile_s: float | None = None  # compiled runs: the setting's first call (compile time plus one call)
 
 
 # ---------------------------------------------------------------- settings
@@ -230,24 +234,40 @@ def mergeable_share(calls: list[tuple[int, float]], total: float, min_tokens: in
     return sum(seconds for tokens, seconds in calls if tokens >= min_tokens) / total
 
 
+def first_calls(calls: dict[str, Any], prepare: dict[str, Any], device: Any) -> dict[str, float]:
+    """Seconds of each setting's first call after its ``prepare``: with a compiled model, its compile time
+    (plus one call), measured before the interleaved rounds so that none of them includes compilation."""
+    seconds = {}
+    for name, call in calls.items():
+        prepare[name]()
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        seconds[name] = time.perf_counter() - start
+    return seconds
+
+
 def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, resolution: int, repeats: int,
-                 warmup: int) -> list[Row]:
+                 warmup: int, compile: str | None = None) -> list[Row]:
     """Median seconds of one U-Net forward per setting, interleaved; speedup against ratio 0; and the
-    share of the unpatched time that merging can touch (on the baseline row)."""
+    share of the unpatched time that merging can touch (on the baseline row). With ``compile`` (a backend),
+    every setting runs the U-Net compiled after patching, and each setting's compile time is a row field."""
     inputs = unet_inputs(unet, batch, resolution)
+    model = unet if compile is None else compile_module(unet, compile)
 
     def forward() -> None:
         with torch.inference_mode():
-            unet(**inputs)
+            model(**inputs)
 
-    timings = time_interleaved(
-        {s.name: forward for s in settings}, repeats, warmup, unet.device, progress=True,
-        prepare={s.name: (lambda s=s: set_ratio(unet, s.ratio, s.options)) for s in settings},
-    )
+    calls = {s.name: forward for s in settings}
+    prepare = {s.name: (lambda s=s: set_ratio(unet, s.ratio, s.options)) for s in settings}
+    compile_s = first_calls(calls, prepare, unet.device) if compile else {}
+    timings = time_interleaved(calls, repeats, warmup, unet.device, progress=True, prepare=prepare)
     tomesd.remove_patch(unet)
     base = timings[settings[0].name]
     rows = [Row(arch, resolution, s.variant, s.ratio, timings[s.name].median, timings[s.name].speedup_over(base),
-                repeats, times_s=timings[s.name].seconds) for s in settings]
+                repeats, times_s=timings[s.name].seconds, compile_s=compile_s.get(s.name)) for s in settings]
     rows[0].mergeable_share = mergeable_share(*timed_calls(unet, inputs), PATCH_OPTIONS["min_tokens"])
     return rows
 
@@ -282,28 +302,29 @@ def measure_tomesd013(arch: str, python: Path, ratios: list[float], batch: int, 
 # ---------------------------------------------------------------- whole pipeline (demo or user model)
 
 def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings, seed: int, repeats: int,
-                     warmup: int, arch: str) -> list[Row]:
+                     warmup: int, arch: str, compile: str | None = None) -> list[Row]:
     """Median seconds of whole generations per setting, interleaved, with PSNR/SSIM of each setting's image
-    against the ratio-0 image (same prompt and seed)."""
+    against the ratio-0 image (same prompt and seed). With ``compile`` (a backend), the pipeline's denoiser
+    is compiled after patching at every setting, and each setting's compile time is a row field."""
     from tomesd.lab.quality import against_baseline
 
     images: dict[str, Any] = {}
 
     def generation(name: str):
         def run() -> None:
-            output, _ = timed_pipeline_call(
-                pipe, prompt=gen.prompt, negative_prompt=gen.negative_prompt or None,
-                num_inference_steps=gen.steps, guidance_scale=gen.guidance, width=gen.width, height=gen.height,
-                generator=torch.Generator("cpu").manual_seed(seed),
-            )
+            arguments = call_arguments(pipe, gen, torch.Generator("cpu").manual_seed(seed))
+            output, _ = timed_pipeline_call(pipe, **arguments)
             images[name] = output.images[0]
         return run
 
-    timings = time_interleaved(
-        {s.name: generation(s.name) for s in settings}, repeats, warmup, execution_device(pipe), progress=True,
-        prepare={s.name: (lambda s=s: set_ratio(pipe, s.ratio, s.options)) for s in settings},
-    )
-    tomesd.remove_patch(pipe)
+    calls = {s.name: generation(s.name) for s in settings}
+    prepare = {s.name: (lambda s=s: set_ratio(pipe, s.ratio, s.options, compile)) for s in settings}
+    device = execution_device(pipe)
+    try:
+        compile_s = first_calls(calls, prepare, device) if compile else {}
+        timings = time_interleaved(calls, repeats, warmup, device, progress=True, prepare=prepare)
+    finally:
+        unpatch(pipe)
     base_name = settings[0].name
     base = timings[base_name]
     rows = []
@@ -311,7 +332,7 @@ def measure_pipeline(pipe: Any, settings: list[Setting], gen: GenerationSettings
         metrics = against_baseline([images[base_name]], [images[s.name]])
         timing = timings[s.name]
         rows.append(Row(arch, gen.width, s.variant, s.ratio, timing.median, timing.speedup_over(base), repeats,
-                        metrics.psnr, metrics.ssim, timing.seconds))
+                        metrics.psnr, metrics.ssim, timing.seconds, compile_s=compile_s.get(s.name)))
     return rows
 
 
@@ -398,8 +419,9 @@ def markdown_table(rows: list[Row], description: str, unit: str) -> str:
     """The results as Markdown: a context line and one row per setting."""
     with_quality = any(r.psnr is not None for r in rows)
     with_limit = any(r.mergeable_share is not None for r in rows)
+    with_compile = any(r.compile_s is not None for r in rows)
     header = (f"| arch | px | variant | ratio | median {unit} (s) | speedup |" + (" limit |" if with_limit else "")
-              + (" PSNR (dB) | SSIM |" if with_quality else ""))
+              + (" PSNR (dB) | SSIM |" if with_quality else "") + (" compile (s) |" if with_compile else ""))
     lines = [description, "", header, "|" + " --- |" * (header.count("|") - 1)]
     for r in rows:
         line = f"| {r.arch} | {r.resolution} | {r.variant} | {r.ratio:g} | {r.median_s:.3f} | {r.speedup:.2f}x |"
@@ -408,6 +430,8 @@ def markdown_table(rows: list[Row], description: str, unit: str) -> str:
             line += "  |" if share is None else f" {1 / (1 - share):.2f}x ({share:.0%}) |"
         if with_quality:
             line += f" {_decibels(r.psnr)} | {r.ssim:.4f} |"
+        if with_compile:
+            line += " - |" if r.compile_s is None else f" {r.compile_s:.1f} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -484,6 +508,9 @@ def write_results(rows: list[Row], quality: list[QualityRow], out: Path, descrip
         table += ("\nlimit: the speedup if the self-attention and MLP of every block with at least "
                   f"{PATCH_OPTIONS['min_tokens']} tokens cost nothing (their share of the unpatched "
                   "forward in brackets), measured with timing hooks in one extra unpatched forward.\n")
+    if any(r.compile_s is not None for r in rows):
+        table += ("\ncompile (s): the setting's first call after patching and compiling (compile time plus one call), "
+                  "timed before the interleaved rounds; the medians and speedups never include it.\n")
     if quality:
         table += ("\n" if table else "") + quality_table(quality, quality_count)
     (out / "benchmark.md").write_text(table)
@@ -497,11 +524,13 @@ def write_results(rows: list[Row], quality: list[QualityRow], out: Path, descrip
 def measure_arch(arch: str, settings: list[Setting], *, model: str = DEMO, resolutions: Sequence[int] = (),
                  batch: int = 2, steps: int | None = None, prompt: str | None = None, seed: int = 0,
                  repeats: int = 5, warmup: int = 1, dtype: str = "float32", device: str = "cpu",
-                 compare_013: Path | None = None) -> tuple[list[Row], str]:
+                 compare_013: Path | None = None, compile: str | None = None) -> tuple[list[Row], str]:
     """Measure one architecture of :data:`ARCHS` at every resolution (default: 512 px for sd15, 1024 for sdxl,
     the model's usual for pipeline); returns its rows and the measured unit. ``model``, ``steps`` and
-    ``prompt`` are for ``pipeline``; ``compare_013`` adds tomesd 0.1.3's rows for the U-Nets."""
+    ``prompt`` are for ``pipeline``; ``compare_013`` adds tomesd 0.1.3's rows for the U-Nets; ``compile``
+    (a ``torch.compile`` backend) measures compiled unpatched against compiled patched."""
     rows: list[Row] = []
+    compiled = "" if compile is None else f", torch.compile(backend={compile!r})"
     if arch == "pipeline":
         defaults = default_settings(model)
         pipe = load_pipeline(model, device=device, dtype=dtype)
@@ -509,15 +538,15 @@ def measure_arch(arch: str, settings: list[Setting], *, model: str = DEMO, resol
         for resolution in resolutions or [defaults["size"]]:
             gen = GenerationSettings(prompt or defaults["prompts"][0], "", steps or defaults["steps"],
                                      defaults["guidance"], resolution, resolution)
-            rows += measure_pipeline(pipe, settings, gen, seed, repeats, warmup, label)
-        return rows, "generation"
+            rows += measure_pipeline(pipe, settings, gen, seed, repeats, warmup, label, compile)
+        return rows, "generation" + compiled
     resolutions = resolutions or [1024 if arch == "sdxl" else 512]
     unet = build_unet(arch, parse_dtype(dtype), device)
     for resolution in resolutions:
-        rows += measure_unet(arch, unet, settings, batch, resolution, repeats, warmup)
+        rows += measure_unet(arch, unet, settings, batch, resolution, repeats, warmup, compile)
     if compare_013:
         del unet  # free its memory before the other process builds its own
         ratios = sorted({s.ratio for s in settings})
         for resolution in resolutions:
             rows += measure_tomesd013(arch, compare_013, ratios, batch, resolution, repeats, torch.get_num_threads())
-    return rows, f"U-Net forward, batch {batch}"
+    return rows, f"U-Net forward, batch {batch}{compiled}"

@@ -13,15 +13,18 @@ Weights are read from safetensors only (no pickle), and remote code is never tru
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tomesd.lab.timing import DENOISERS
+
 __all__ = [
     "ATTENTION", "DEMO", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source", "default_settings",
-    "load_pipeline", "parse_device", "parse_dtype",
+    "load_pipeline", "parse_device", "parse_dtype", "pipeline_class_name",
 ]
 
 DEMO = "demo"
@@ -42,6 +45,15 @@ DEVICE_TYPES = {
 _MODEL_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Usual Stable Diffusion settings for user models; the demo model brings its own.
 USER_MODEL_DEFAULTS = {"size": 512, "steps": 25, "guidance": 7.5, "prompts": ["a photo of an astronaut riding a horse"]}
+# Usual settings of pipeline classes that differ from those (the size is the side of a square image).
+CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "StableDiffusionXLPipeline": {"size": 1024, "steps": 30, "guidance": 5.0},
+    "FluxPipeline": {"size": 1024, "steps": 28, "guidance": 3.5},
+    "StableDiffusion3Pipeline": {"size": 1024, "steps": 28, "guidance": 7.0},
+    "PixArtSigmaPipeline": {"size": 1024, "steps": 20, "guidance": 4.5},
+    "SanaPipeline": {"size": 1024, "steps": 20, "guidance": 4.5},
+    "WanPipeline": {"size": 480, "steps": 30, "guidance": 5.0},
+}
 # Architectures of single-file checkpoints (as diffusers' ``infer_diffusers_model_type`` names them) that load
 # as a text-to-image pipeline with a U-Net, and that pipeline's class.
 _SINGLE_FILE_PIPELINES = {
@@ -65,15 +77,29 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
+def pipeline_class_name(source: str | Path | None) -> str | None:
+    """The pipeline class a diffusers folder declares (``model_index.json``'s ``_class_name``), read without
+    loading anything; None for the demo model, a single file, a model id or an unreadable index."""
+    if source is None or str(source).strip() in ("", DEMO):
+        return None
+    index = Path(str(source).strip()).expanduser() / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def default_settings(source: str | Path | None = DEMO) -> dict[str, Any]:
-    """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own, or usual
-    SD 1.x values for any other model.
+    """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own, the usual
+    ones of a folder's pipeline class (:data:`CLASS_DEFAULTS`, e.g. Flux's distilled guidance 3.5 at 1024 px),
+    or usual SD 1.x values for any other model.
 
     Returns:
         A dict with keys ``size`` (int, pixels), ``steps`` (int), ``guidance`` (float), ``prompts`` (list).
     """
     if source is not None and str(source).strip() not in ("", DEMO):
-        return dict(USER_MODEL_DEFAULTS)
+        return {**USER_MODEL_DEFAULTS, **CLASS_DEFAULTS.get(pipeline_class_name(source), {})}
     from tomesd import demo
 
     return {
@@ -93,7 +119,9 @@ def load_pipeline(
     offload: str = "none",
     attention: str = "sdpa",
 ) -> Any:
-    """Load a Stable Diffusion pipeline (SD 1.x/2.x/XL) from ``source`` and move it to ``device``.
+    """Load a diffusion pipeline from ``source`` and move it to ``device``: Stable Diffusion 1.x/2.x/XL, the
+    image DiT pipelines (PixArt, SD3, Flux, Sana) and the video pipelines (AnimateDiff, SVD, Wan) from a
+    folder or model id; a single file holds SD 1.x/2.x/XL only.
 
     Args:
         source: ``"demo"``/``None``, a diffusers folder, a ``.safetensors`` checkpoint or a hub model id
@@ -111,10 +139,10 @@ def load_pipeline(
         The pipeline, with its own progress bar disabled (callers show theirs).
 
     Raises:
-        ValueError: the source does not exist, is not safetensors, is not a U-Net diffusion pipeline (a
+        ValueError: the source does not exist, is not safetensors, is not a pipeline with a denoiser (a
             single file: not SD 1.x/2.x/XL), a single file's configs are unavailable (offline without
             ``config`` or cache), ``config`` is given for a folder/model id, or ``offload``/``attention`` is
-            unknown or needs a GPU.
+            unknown, needs a GPU, or (``"classic"``) does not apply to a DiT.
     """
     dtype = parse_dtype(dtype)
     check_placement(device, offload, attention)
@@ -125,8 +153,9 @@ def load_pipeline(
         pipe = load_demo(device=device, dtype=dtype)
     else:
         pipe = _load_user_pipeline(source, dtype, config)
-    if getattr(pipe, "unet", None) is None:
-        raise ValueError(f"{source!r} loaded a {type(pipe).__name__}, which has no U-Net to patch")
+    if not any(getattr(pipe, name, None) is not None for name in DENOISERS):
+        raise ValueError(f"{source!r} loaded a {type(pipe).__name__}, which has no denoiser ({' or '.join(DENOISERS)}) "
+                         "to patch")
     _place(pipe, torch.device(device), offload, attention)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -215,6 +244,9 @@ def _place(pipe: Any, device: torch.device, offload: str, attention: str) -> Non
     if attention == "classic":
         from diffusers.models.attention_processor import AttnProcessor
 
+        if getattr(pipe, "unet", None) is None or getattr(pipe, "transformer", None) is not None:
+            raise ValueError(f"attention='classic' is for U-Net pipelines; {type(pipe).__name__}'s transformer needs "
+                             "its own attention processors (use 'sdpa')")
         pipe.unet.set_attn_processor(AttnProcessor())
     elif attention == "xformers":
         pipe.enable_xformers_memory_efficient_attention()

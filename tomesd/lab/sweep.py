@@ -9,8 +9,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 from PIL import Image, ImageChops
 
-import tomesd
-from tomesd.lab.generation import Generation, GenerationSettings, check_ratio, generate
+from tomesd.lab.generation import (
+    Generation, GenerationSettings, check_compile_backend, check_ratio, effective_ratio, generate, ratio_label, unpatch,
+    warm_up,
+)
 
 __all__ = ["RatioResult", "compare_ratios", "parse_ratios", "results_table", "speed_chart"]
 
@@ -30,6 +32,10 @@ class RatioResult:
         psnr: PSNR in dB against the ratio-0 image (inf when identical).
         ssim: SSIM against the ratio-0 image (1.0 when identical).
         diff_map: ``DIFF_GAIN`` x the absolute pixel difference from the ratio-0 image.
+        compile_seconds: with a compiled denoiser, the untimed warm-ups at this ratio, in which it compiled
+            (compile time plus one whole and one 1-step generation); None when not compiled.
+        effective_ratio: the share of tokens really merged (:func:`tomesd.lab.generation.effective_ratio`):
+            below ``ratio`` where the strides cap it; None when not known.
     """
 
     ratio: float
@@ -40,13 +46,20 @@ class RatioResult:
     psnr: float
     ssim: float
     diff_map: Image.Image
+    compile_seconds: float | None = None
+    effective_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The ratio as shown: with the effective ratio beside it where that differs ("0.9 (0.75 effective)")."""
+        return ratio_label(self.ratio, self.effective_ratio)
 
     @property
     def caption(self) -> str:
-        """A one-line label: ratio, seconds, it/s, speedup and PSNR."""
+        """A one-line label: ratio (and effective ratio, where it differs), seconds, it/s, speedup and PSNR."""
         psnr = "identical" if self.psnr == float("inf") else f"PSNR {self.psnr:.1f} dB"
         return (
-            f"ratio {self.ratio:g} · {self.seconds:.2f} s · {self.its:.2f} it/s · "
+            f"ratio {self.label} · {self.seconds:.2f} s · {self.its:.2f} it/s · "
             f"{self.speedup:.2f}x · {psnr}"
         )
 
@@ -69,6 +82,7 @@ def compare_ratios(
     repeats: int = 1,
     warmup: bool = True,
     on_step: Callable[[str, int, int], None] | None = None,
+    compile: str | None = None,
 ) -> list[RatioResult]:
     """Generate ``settings`` with ``seed`` at every ratio (and ratio 0), timing the ratios in turns.
 
@@ -79,32 +93,39 @@ def compare_ratios(
         ratios: merge ratios to compare; 0 is added as the baseline.
         options: other patch options (``tomesd.patch.diffusers.OPTIONS``).
         repeats: timed rounds over all ratios; medians are reported.
-        warmup: first run one untimed single-step generation per ratio (first calls are slower).
+        warmup: first run untimed generations (:func:`tomesd.lab.generation.warm_up`): first calls are
+            slower, and a compiled denoiser compiles there.
         on_step: ``on_step(stage, step, total)`` after every step (stage e.g. ``"ratio 0.5, run 1/2"``);
             may raise to cancel.
+        compile: a ``torch.compile`` backend to compile the patched denoiser with at every ratio (ratio 0
+            too, so the baseline is compiled alike); needs ``warmup``, in which it compiles.
 
     Returns:
-        One :class:`RatioResult` per ratio, ratio 0 first. The pipeline is left unpatched.
+        One :class:`RatioResult` per ratio, ratio 0 first, each with its effective ratio. The pipeline is left
+        unpatched and uncompiled.
 
     Raises:
-        ValueError: bad ratios, ``repeats < 1`` or a bad patch option.
+        ValueError: bad ratios, ``repeats < 1``, a bad patch option or compile backend, or compiling
+            without the warm-up.
     """
     ratios = parse_ratios(ratios)
     if int(repeats) < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
+    if check_compile_backend(compile) is not None and not warmup:
+        raise ValueError("compiling needs the warm-up: the first generation at each ratio compiles")
+    effective = {ratio: effective_ratio(pipe, settings, ratio, options) for ratio in ratios}
     runs: dict[float, list[Generation]] = {ratio: [] for ratio in ratios}
+    compile_seconds: dict[float, float] = {}
     try:
         if warmup:
-            warm = GenerationSettings(**{**settings.__dict__, "steps": 1})
-            for ratio in ratios:
-                generate(pipe, warm, seed, ratio, options, _stage(on_step, f"warm-up, ratio {ratio:g}"))
+            compile_seconds = warm_up(pipe, settings, seed, ratios, options, compile, on_step)
         for round_index in range(int(repeats)):
             for ratio in ratios:
                 stage = f"ratio {ratio:g}, run {round_index + 1}/{repeats}"
-                runs[ratio].append(generate(pipe, settings, seed, ratio, options, _stage(on_step, stage)))
+                runs[ratio].append(generate(pipe, settings, seed, ratio, options, _stage(on_step, stage), compile))
     finally:
-        tomesd.remove_patch(pipe)
-    return _summarise(runs)
+        unpatch(pipe)
+    return _summarise(runs, compile_seconds if compile else {}, effective)
 
 
 def _stage(on_step: Callable[[str, int, int], None] | None, stage: str) -> Callable[[int, int], None] | None:
@@ -114,8 +135,10 @@ def _stage(on_step: Callable[[str, int, int], None] | None, stage: str) -> Calla
     return lambda step, total: on_step(stage, step, total)
 
 
-def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
-    """Medians per ratio, speedups against ratio 0 and differences from the ratio-0 image."""
+def _summarise(runs: dict[float, list[Generation]], compile_seconds: dict[float, float],
+               effective: dict[float, float]) -> list[RatioResult]:
+    """Medians per ratio, speedups against ratio 0 and differences from the ratio-0 image (and each ratio's
+    compile time, when compiled, and its effective ratio)."""
     from tomesd.lab.quality import against_baseline
 
     base_runs = runs[0.0]
@@ -136,6 +159,8 @@ def _summarise(runs: dict[float, list[Generation]]) -> list[RatioResult]:
                 psnr=metrics.psnr,
                 ssim=metrics.ssim,
                 diff_map=_difference_map(base_image, image),
+                compile_seconds=compile_seconds.get(ratio),
+                effective_ratio=effective.get(ratio),
             )
         )
     return results
@@ -148,14 +173,20 @@ def _difference_map(a: Image.Image, b: Image.Image) -> Image.Image:
 
 
 def results_table(results: list[RatioResult]) -> str:
-    """A Markdown table of the comparison."""
+    """A Markdown table of the comparison, each ratio with its effective ratio beside it where the strides cap
+    it ("0.9 (0.75 effective)"); with a compiled denoiser, each ratio's compile time in a column of its own
+    (the seconds and it/s never include it)."""
+    compiled = any(r.compile_seconds is not None for r in results)
     lines = [
-        "| ratio | seconds | it/s | speedup vs 0 | PSNR vs 0 (dB) | SSIM vs 0 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ratio | seconds | it/s | speedup vs 0 | PSNR vs 0 (dB) | SSIM vs 0 |" + (" compile (s) |" if compiled else ""),
+        "| ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if compiled else ""),
     ]
     for r in results:
         psnr = "inf" if r.psnr == float("inf") else f"{r.psnr:.2f}"
-        lines.append(f"| {r.ratio:g} | {r.seconds:.3f} | {r.its:.2f} | {r.speedup:.2f}x | {psnr} | {r.ssim:.4f} |")
+        line = f"| {r.label} | {r.seconds:.3f} | {r.its:.2f} | {r.speedup:.2f}x | {psnr} | {r.ssim:.4f} |"
+        if compiled:
+            line += " n/a |" if r.compile_seconds is None else f" {r.compile_seconds:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -168,7 +199,7 @@ def speed_chart(results: list[RatioResult]) -> Any:
 
     figure = Figure(figsize=(6, 3.2), layout="constrained")
     axes = figure.add_subplot()
-    labels = [f"{r.ratio:g}" for r in results]
+    labels = [r.label for r in results]
     bars = axes.bar(labels, [r.its for r in results], color="#4c72b0")
     axes.bar_label(bars, labels=[f"{r.speedup:.2f}x" for r in results], padding=2)
     axes.set_xlabel("merge ratio")

@@ -7,6 +7,7 @@ and each is summarised by the median of its repetitions.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import threading
 import time
@@ -16,7 +17,10 @@ from typing import Any, Callable, Mapping
 import torch
 
 __all__ = [
+    "DENOISERS",
     "PeakMemory",
+    "denoiser",
+    "denoiser_name",
     "execution_device",
     "PipelineRun",
     "Timing",
@@ -42,9 +46,36 @@ class Timing:
         return baseline.median / self.median
 
 
+#: Where a diffusers pipeline keeps the network its denoising loop calls every step: a DiT's (PixArt, SD3, Flux,
+#: Sana, Wan) is ``pipe.transformer``, a U-Net pipeline's (SD 1.x/2.x/XL, AnimateDiff, SVD) ``pipe.unet``.
+DENOISERS = ("transformer", "unet")
+
+
+def denoiser_name(pipe: Any) -> str:
+    """The attribute of ``pipe`` holding its denoiser, one of :data:`DENOISERS`.
+
+    Raises:
+        ValueError: ``pipe`` has neither (not a diffusion pipeline with a denoising loop).
+    """
+    for name in DENOISERS:
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise ValueError(f"{type(pipe).__name__} has no denoiser ({' or '.join(DENOISERS)}) to time or patch")
+
+
+def denoiser(pipe: Any) -> torch.nn.Module:
+    """The network ``pipe``'s denoising loop calls every step (``pipe.transformer`` or ``pipe.unet``; a
+    ``torch.compile`` wrapper if it was compiled).
+
+    Raises:
+        ValueError: ``pipe`` has none (see :func:`denoiser_name`).
+    """
+    return getattr(pipe, denoiser_name(pipe))
+
+
 def execution_device(pipe: Any) -> torch.device:
     """The device a diffusers pipeline computes on, also when its weights are offloaded to the CPU."""
-    return torch.device(getattr(pipe, "_execution_device", pipe.unet.device))
+    return torch.device(getattr(pipe, "_execution_device", None) or denoiser(pipe).device)
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -118,7 +149,7 @@ class PipelineRun:
     Attributes:
         steps: denoising steps run.
         seconds: the whole call (text encoding, denoising, VAE decoding).
-        denoise_seconds: from the first U-Net call to the end of the last step: what ``it/s`` divides.
+        denoise_seconds: from the first denoiser call to the end of the last step: what ``it/s`` divides.
     """
 
     steps: int = 0
@@ -137,7 +168,8 @@ def timed_pipeline_call(
     """Call ``pipe(**call_kwargs)`` and time it, whole and its denoising loop.
 
     Args:
-        pipe: a diffusers pipeline with a ``unet`` and ``callback_on_step_end`` support.
+        pipe: a diffusers pipeline with a denoiser (:func:`denoiser`) and a step callback
+            (``callback_on_step_end``, or the older ``callback``).
         on_step: called as ``on_step(step_done, total_steps)`` after every step; it may raise to abort the
             call (the exception propagates, the pipeline is left as it was).
         **call_kwargs: the pipeline's call arguments (``num_inference_steps`` is required).
@@ -148,26 +180,37 @@ def timed_pipeline_call(
     total = int(call_kwargs["num_inference_steps"])
     device = execution_device(pipe)
     run = PipelineRun()
-    first_unet_call: list[float] = []
+    first_denoiser_call: list[float] = []
 
-    def mark_first_unet_call(module: Any, args: Any) -> None:
-        if not first_unet_call:
+    def mark_first_denoiser_call(module: Any, args: Any) -> None:
+        if not first_denoiser_call:
             synchronize(device)
-            first_unet_call.append(time.perf_counter())
+            first_denoiser_call.append(time.perf_counter())
 
-    def step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    def step_done(step: int) -> None:
         synchronize(device)
         run.steps = step + 1
-        run.denoise_seconds = time.perf_counter() - first_unet_call[0]
+        run.denoise_seconds = time.perf_counter() - first_denoiser_call[0]
         if on_step is not None:
             on_step(step + 1, total)
+
+    def step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        step_done(step)
         return tensors
 
-    handle = pipe.unet.register_forward_pre_hook(mark_first_unet_call)
+    # Most pipelines call callback_on_step_end; some (PixArt) only the older callback(step, timestep, latents).
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        callbacks = {"callback_on_step_end": step_end}
+    else:
+        callbacks = {"callback": lambda step, timestep, latents: step_done(step), "callback_steps": 1}
+
+    # On the denoiser as the pipeline holds it: a torch.compile wrapper's own hooks run outside the compiled
+    # graph, so adding and removing this one never invalidates (recompiles) it.
+    handle = denoiser(pipe).register_forward_pre_hook(mark_first_denoiser_call)
     try:
         synchronize(device)
         start = time.perf_counter()
-        output = pipe(callback_on_step_end=step_end, **call_kwargs)
+        output = pipe(**callbacks, **call_kwargs)
         synchronize(device)
         run.seconds = time.perf_counter() - start
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from tomesd.lab.generation import DEFAULT_COMPILE_BACKEND, check_compile_backend
 from tomesd.lab.loading import DEMO, DTYPES
 
 from .app import build_app
@@ -33,12 +34,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
                         help="time budget of one request once its model is loaded; it stops after the step that "
                              f"passes it (default {defaults.max_seconds:g})")
+    parser.add_argument("--compile-backend", default=DEFAULT_COMPILE_BACKEND,
+                        help="torch.compile backend of the page's compile checkbox (default "
+                             f"{DEFAULT_COMPILE_BACKEND}; 'eager' checks the path fast)")
     args = parser.parse_args(argv)
     try:
         limits = ServerLimits(args.max_pixels, args.max_steps, args.max_seconds)
+        check_compile_backend(args.compile_backend)
     except ValueError as error:
         parser.error(str(error))
-    app = build_app(args.model, args.device, args.dtype, args.config, limits)
+    app = build_app(args.model, args.device, args.dtype, args.config, limits, args.compile_backend)
     app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

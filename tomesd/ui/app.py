@@ -9,7 +9,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from tomesd.lab.generation import GenerationSettings, parse_option, patch_option_defaults
+from tomesd.lab.generation import (
+    DEFAULT_COMPILE_BACKEND, GenerationSettings, check_compile_backend, is_video_pipeline, parse_option,
+    patch_option_defaults,
+)
 from tomesd.lab.loading import DEMO, default_settings, load_pipeline
 from tomesd.lab.sweep import compare_ratios, parse_ratios, results_table, speed_chart
 
@@ -78,7 +81,7 @@ def _client_gone(app: gr.Blocks, session: str | None) -> bool:
 
 
 def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", config: str | None = None,
-              limits: ServerLimits = ServerLimits()) -> gr.Blocks:
+              limits: ServerLimits = ServerLimits(), compile_backend: str = DEFAULT_COMPILE_BACKEND) -> gr.Blocks:
     """The app's page and its handlers.
 
     Args:
@@ -88,10 +91,12 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
         config: for a single ``.safetensors`` model, its configs (see :func:`tomesd.lab.loading.load_pipeline`).
         limits: what one request may ask (pixels, steps, seconds); checked by the server, whatever the page
             or an API client sends.
+        compile_backend: the ``torch.compile`` backend of the page's "compile" checkbox.
 
     Returns:
         The Gradio Blocks; call ``.queue(default_concurrency_limit=1).launch(...)`` (``python -m ui`` does).
     """
+    check_compile_backend(compile_backend)
     defaults = default_settings(model)
     options = patch_option_defaults()
     cache = ModelCache(device, dtype)
@@ -104,13 +109,14 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
 
     def checked(values: tuple) -> tuple:
         """The request's input ``values`` (in the order of ``inputs`` below), checked and typed, limits
-        included: model source, its config, settings, seed, ratios, timed runs, patch options.
+        included: model source, its config, settings, seed, ratios, timed runs, compile (the backend or None),
+        patch options.
 
         Raises:
             ValueError, TypeError: a value out of range or over a limit, named with what is accepted.
         """
         (model_source, model_config, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
-         *option_values) = values
+         compiled, *option_values) = values
         settings = GenerationSettings(prompt, negative or "", whole(steps, "steps", 1, 1000),
                                       number(guidance, "guidance", 0), whole(width, "width", 8),
                                       whole(height, "height", 8))
@@ -121,13 +127,13 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
             name: _option_value(name, default, value) for (name, default), value in zip(options.items(), option_values)
         }
         return (model_source or "", model_config or "", settings, whole(seed, "seed", 0, SEED_MAX), ratio_list, runs,
-                patch_options)
+                compile_backend if compiled else None, patch_options)
 
     def compare(session: str | None, values: tuple, progress: gr.Progress) -> tuple:
         """Run one comparison on the page's input ``values`` and return the outputs: results, or a status
         saying why there are none. Bad values are refused before the run waits for the pipeline."""
         try:
-            model_source, model_config, settings, seed, ratios, repeats, patch_options = checked(values)
+            model_source, model_config, settings, seed, ratios, repeats, compile, patch_options = checked(values)
         except (ValueError, TypeError) as error:
             return _outputs(status=f"**Error:** {error}")
         with busy:
@@ -136,6 +142,9 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                     raise Cancelled
                 progress(0, desc=f"loading model {model_source or DEMO}")
                 pipe = cache.get(model_source, model_config)
+                if is_video_pipeline(pipe):
+                    raise ValueError(f"{type(pipe).__name__} makes videos; the app compares images. Use tomesd "
+                                     "generate, which writes each video's frames as a GIF with the same speed log")
                 check_strides(patch_options, settings.width, settings.height, getattr(pipe, "vae_scale_factor", 8))
                 start = time.monotonic()
 
@@ -146,7 +155,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                         raise limits.over_budget(time.monotonic() - start)
                     progress((step, total), desc=stage)
 
-                results = compare_ratios(pipe, settings, seed, ratios, patch_options, repeats, on_step=on_step)
+                results = compare_ratios(pipe, settings, seed, ratios, patch_options, repeats, on_step=on_step,
+                                         compile=compile)
             except Cancelled:
                 return _outputs(status="Cancelled.")
             except OverBudget as error:
@@ -155,10 +165,11 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                 return _outputs(status=f"**Error:** {error}")
         return _outputs(
             gallery=[(r.image, r.caption) for r in results],
-            diffs=[(r.diff_map, f"ratio {r.ratio:g}: |difference| x4 vs ratio 0") for r in results],
+            diffs=[(r.diff_map, f"ratio {r.label}: |difference| x4 vs ratio 0") for r in results],
             table=results_table(results),
             chart=speed_chart(results),
-            status=f"Done: {len(results)} ratios, {repeats} timed run(s) each, medians shown.",
+            status=f"Done: {len(results)} ratios, {repeats} timed run(s) each, medians shown"
+                   + (f"; denoiser compiled ({compile}), compile time apart." if compile else "."),
         )
 
     # ``request`` comes first: Gradio injects it only as a positional parameter.
@@ -197,6 +208,8 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                 ratios = gr.CheckboxGroup(RATIO_CHOICES, value=DEFAULT_RATIOS, label="merge ratios (0 is "
                                           "always run, as the baseline)", elem_id="ratios")
                 repeats = gr.Number(value=1, label="timed runs per ratio (median)", precision=0, elem_id="repeats")
+                compiled = gr.Checkbox(value=False, label=f"compile the denoiser after patching (torch.compile, "
+                                       f"backend {compile_backend}; compile time shown apart)", elem_id="compile")
                 with gr.Accordion("patch options", open=False):
                     option_controls = [_option_control(name, default) for name, default in options.items()]
                 with gr.Row():
@@ -212,7 +225,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                                    format="png")
         gr.Examples([[p] for p in defaults["prompts"]], inputs=[prompt])
         inputs = [model_box, config_box, prompt, negative, seed, steps, guidance, width, height, ratios, repeats,
-                  *option_controls]
+                  compiled, *option_controls]
         run_button.click(forget_stop, None, stop_note, queue=False).then(
             run, inputs, [gallery, diffs, table, chart, status], concurrency_limit=1
         )
