@@ -1,8 +1,9 @@
 """Token merging for diffusers models, driven by a block table.
 
-Supported: U-Nets (SD 1.x / 2.x / XL, img2img, inpaint) and ControlNets; every model kind is an entry of
-:data:`.table.MODELS`. A diffusers model with transformer blocks but no entry (DiT, PixArt, SD3, Flux...) is
-refused at apply time with a ``ValueError`` naming it and the supported kinds.
+Supported: U-Nets (SD 1.x / 2.x / XL, img2img, inpaint) and ControlNets, and the diffusion transformers
+of :mod:`.dit` (PixArt-α/Σ, DiT, SD3/SD3.5, Flux.1, Wan 2.x); every model kind is an entry of
+:data:`.table.MODELS`. A diffusers model with transformer blocks but no entry is refused at apply time with
+a ``ValueError`` naming it and the supported kinds; a class refused on purpose (Sana) with the reason.
 
 What it modifies, and nothing else: forward hooks on each patched model (to learn the latent size and key
 the destination draw by seed and timestep), on each selected block (to see its input) and on the block's
@@ -41,7 +42,8 @@ from torch import nn
 from ..state import PatchState
 from .hooks import block_grid, merge_count, merged_submodules, patch_model, pools_keys_and_values, selected_blocks
 from .options import HELP, OPTIONS, DiffusersOptions
-from .table import MODELS, ModelKind, model_kind, temporal_containers
+from .table import MODELS, REFUSED, ModelKind, model_kind, temporal_containers
+from . import dit  # noqa: F401  (registers the DiT / MMDiT entries in MODELS and REFUSED)
 
 __all__ = ["OPTIONS", "HELP", "DiffusersOptions", "BlockReport", "supports", "apply", "merge_report"]
 
@@ -69,7 +71,7 @@ def apply(model: Any, state: PatchState, **options: Any) -> None:
     opts = DiffusersOptions(**options)
     targets = find_targets(model)
     for root, kind in targets:
-        patch_model(root, kind, opts, state)
+        (kind.patch or patch_model)(root, kind, opts, state)
 
 
 def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
@@ -82,6 +84,7 @@ def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
     """
     targets: list[tuple[nn.Module, ModelKind]] = []
     for component in _components(model):
+        _refuse_on_purpose(component)
         roots = list(_known_roots(component))
         covered = {id(m) for root, _ in roots for m in root.modules()}
         unknown = [m for m in _untemporal_modules(component) if id(m) not in covered and _is_transformer_block(m)]
@@ -97,6 +100,14 @@ def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
             f"{', '.join(MODELS)} (and pipelines holding them), not VAEs or text encoders"
         )
     return targets
+
+
+def _refuse_on_purpose(module: nn.Module) -> None:
+    """Raise the reason of :data:`.table.REFUSED` if ``module`` or a submodule is a refused class."""
+    for sub in module.modules():
+        reason = next((REFUSED[cls.__name__] for cls in type(sub).__mro__ if cls.__name__ in REFUSED), None)
+        if reason is not None:
+            raise ValueError(f"tomesd does not merge tokens in {type(sub).__name__}: {reason}")
 
 
 def _components(model: Any) -> list[nn.Module]:

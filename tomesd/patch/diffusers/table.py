@@ -45,6 +45,8 @@ class ModelKind:
         frame_dim: the latent's frame dimension for video models (None for images). Spatial blocks see
             (B * frames, h * w, C); their grid is the latent's last two dimensions, downsampled.
         temporal: container classes whose blocks attend over frames (tokens = frames): left alone.
+        patch: ``patch(model, kind, options, state)`` installing this kind's hooks, for models whose
+            hooks differ from the U-Net ones (None: :func:`~.hooks.patch_model`).
     """
 
     name: str
@@ -53,6 +55,7 @@ class ModelKind:
     sample: str = "sample"
     frame_dim: int | None = None
     temporal: tuple[str, ...] = ()
+    patch: Callable[..., None] | None = None
 
     def block_kind(self, module: nn.Module) -> BlockKind | None:
         """The table entry of ``module``'s class, or None if it is no block of this model kind."""
@@ -101,6 +104,10 @@ MODELS: dict[str, ModelKind] = {
         ModelKind("ControlNetModel", (BASIC,), unet_levels),
     )
 }
+
+#: Diffusers classes the patch refuses on purpose, by class name, with the reason the error gives
+#: (entries are added by the modules that describe the family, e.g. :mod:`.dit`).
+REFUSED: dict[str, str] = {}
 
 #: Attention processors that read ``encoder_hidden_states`` only as the source of keys and values, so
 #: pooled keys/values can go in through it. Any other processor (fused QKV, IP-Adapter, custom) may take
