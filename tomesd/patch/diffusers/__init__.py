@@ -83,8 +83,10 @@ def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
             there is nothing to patch.
     """
     targets: list[tuple[nn.Module, ModelKind]] = []
-    for component in _components(model):
+    components = _components(model)
+    for component in components:  # first: a refusal's reason says more than "unsupported"
         _refuse_on_purpose(component)
+    for component in components:
         roots = list(_known_roots(component))
         covered = {id(m) for root, _ in roots for m in root.modules()}
         unknown = [m for m in _untemporal_modules(component) if id(m) not in covered and _is_transformer_block(m)]
