@@ -149,8 +149,8 @@ class WindowBlockState(BlockState):
         if opts.use_rand:
             key = hash32(self.context.key ^ self.index)  # (1,): seed, timestep and block
             choice = hashed_cell_choice(key, tokens // window, window)
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        shared = metric.mean(dim=0, keepdim=True)  # (1, N, C): the batch agrees on one plan
+        with torch.no_grad():  # the plan is indices only: no gradient flows through the matching
+            shared = (metric / metric.norm(dim=-1, keepdim=True)).mean(dim=0, keepdim=True)  # (1, N, C)
         plan = bipartite_soft_matching_random2d(shared, tokens, 1, window, 1, r, choice, opts.matching == "local")
         return _shared(plan, metric.shape[0])
 
@@ -310,7 +310,8 @@ FLUX_SINGLE = BlockKind(name="FluxSingleTransformerBlock", merges=(("norm", "mer
 #: Wan: self-attention with 3-D RoPE (fourth argument), cross-attention to the text, the MLP ``ffn``.
 WAN = BlockKind(name="WanTransformerBlock", merges=(("attn1", "merge_attn"), ("attn2", "merge_crossattn"), ("ffn", "merge_mlp")))
 
-#: Where a block kind's attention takes a rotary table: submodule -> (keyword, positional index).
+#: Where a block kind's attention takes a rotary table: block class -> (attention submodule, keyword,
+#: positional index of the table in that submodule's call).
 ROTARY: dict[str, tuple[str, str, int]] = {
     FLUX_DOUBLE.name: ("attn", "image_rotary_emb", 3),
     WAN.name: ("attn1", "rotary_emb", 3),
