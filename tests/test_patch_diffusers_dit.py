@@ -262,6 +262,43 @@ def test_flux_plan_is_shared_by_the_batch():
     torch.testing.assert_close(two, one.repeat(2, 1, 1))  # batched matmuls may round differently
 
 
+# --- attention backends and processors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key,block,submodule", [
+    ("FluxTransformer2DModel", "FluxTransformerBlock", "attn"),
+    ("WanTransformer3DModel", "WanTransformerBlock", "attn1"),
+])
+def test_a_dispatcher_backend_keeps_working_and_is_left_as_set(key, block, submodule):
+    model, kwargs = diffusers_zoo.build(key)
+    model.set_attention_backend("_native_math")
+    backends = [m._attention_backend for m in model.modules() if hasattr(m, "_attention_backend")]
+    with torch.no_grad():
+        base = _out(model, kwargs)
+        tomesd.apply_patch(model, ratio=0.5, min_tokens=0)
+        with TokenLog(model, block, (submodule,)) as seen:
+            _out(model, kwargs)
+        tomesd.remove_patch(model)
+        assert torch.equal(_out(model, kwargs), base)
+    assert seen[submodule] and all(n < 64 * (2 if key.startswith("Wan") else 1) for n in seen[submodule])
+    assert [m._attention_backend for m in model.modules() if hasattr(m, "_attention_backend")] == backends
+
+
+@pytest.mark.parametrize("key", ["SD3Transformer2DModel", "FluxTransformer2DModel", "PixArtTransformer2DModel"])  # SD3.5 fused fails in diffusers itself
+def test_fused_qkv_projections_merge_and_restore(key):
+    model, kwargs = diffusers_zoo.build(key)
+    model.fuse_qkv_projections()
+    before = _snapshot(model)
+    with torch.no_grad():
+        base = _out(model, kwargs)
+        tomesd.apply_patch(model, ratio=0.5, min_tokens=0)
+        patched = _out(model, kwargs)
+        tomesd.remove_patch(model)
+        assert torch.equal(_out(model, kwargs), base)
+    assert not torch.equal(patched, base) and torch.isfinite(patched).all()
+    _assert_same_as(model, before)
+
+
 # --- training, compile ----------------------------------------------------------------------------
 
 
