@@ -130,10 +130,17 @@ def test_merge_switches_and_min_tokens_apply_to_transformers_too():
     assert seen == {name: [64] * 2 for name in names}
 
 
-def test_merge_report_predicts_the_pixart_token_counts():
-    model, kwargs = diffusers_zoo.build("PixArtTransformer2DModel")
+@pytest.mark.parametrize("key,expected", [
+    ("PixArtTransformer2DModel", [(64, (8, 8), 32, ("attn1", "ff"))] * 2),
+    # Flux: the VAE latent's size; the report shows the packed 8x8 grid (its windows merge as many here)
+    ("FluxTransformer2DModel", [(64, (8, 8), 32, ("attn", "ff")), (64, (8, 8), 32, ("norm",))]),
+    # Wan: per frame
+    ("WanTransformer3DModel", [(64, (8, 8), 32, ("attn1", "ffn"))] * 2),
+])
+def test_merge_report_predicts_the_token_counts(key, expected):
+    model, _ = diffusers_zoo.build(key)
     report = merge_report(model, (16, 16), ratio=0.5, min_tokens=0)
-    assert [(r.tokens, r.grid, r.merged, r.submodules) for r in report] == [(64, (8, 8), 32, ("attn1", "ff"))] * 2
+    assert [(r.tokens, r.grid, r.merged, r.submodules) for r in report] == expected
 
 
 # --- rotary tables follow the merged tokens ------------------------------------------------------------
