@@ -7,6 +7,9 @@ computation. Tolerances only where merging approximates (the output deviation of
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +88,21 @@ def test_remove_patch_restores_outputs_state_and_attributes_exactly(key):
     assert (patched - base).norm() / base.norm() < 0.25
     _assert_same_as(model, before)
     assert torch.equal(restored, base)
+
+
+@pytest.mark.parametrize("key", ["PixArtTransformer2DModel", "SD3Transformer2DModel:sd35", "FluxTransformer2DModel",
+                                 "WanTransformer3DModel"])
+def test_a_patched_transformer_pickles_and_deep_copies_with_its_own_patch(key):
+    model, kwargs = diffusers_zoo.build(key)
+    tomesd.apply_patch(model, ratio=0.5, min_tokens=0)
+    with torch.no_grad():
+        patched = _out(model, kwargs)
+        loaded, copied = pickle.loads(pickle.dumps(model)), copy.deepcopy(model)
+        assert tomesd.is_patched(loaded) and tomesd.is_patched(copied)
+        assert torch.equal(_out(loaded, kwargs), patched)  # exact: the same hooks, the same draw
+        assert torch.equal(_out(copied, kwargs), patched)
+        tomesd.remove_patch(copied)
+        assert tomesd.is_patched(model) and torch.equal(_out(model, kwargs), patched)
 
 
 # --- what merges where -----------------------------------------------------------------------------
@@ -347,6 +365,21 @@ def test_fullgraph_compile_of_a_patched_transformer_matches_eager(key):
         eager = _out(model, kwargs)
         compiled = torch.compile(model, backend="eager", fullgraph=True)  # any graph break raises
         assert torch.equal(_out(compiled, kwargs), eager)
+
+
+@pytest.mark.parametrize("key", ["FluxTransformer2DModel", "WanTransformer3DModel"])
+def test_a_compiled_transformer_re_patched_with_other_options_recompiles(key):
+    model, kwargs = diffusers_zoo.build(key)
+    with torch.no_grad():
+        base = _out(model, kwargs)
+        tomesd.apply_patch(model, ratio=0.5, min_tokens=0)
+        eager = _out(model, kwargs)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        assert torch.equal(_out(compiled, kwargs), eager)
+        tomesd.apply_patch(model, ratio=0.5, min_tokens=0, merge_attn=False, merge_mlp=False)  # merges nothing
+        assert torch.equal(_out(compiled, kwargs), base)  # not the stale merging graph
+    torch._dynamo.reset()
 
 
 # --- Sana, pipelines -------------------------------------------------------------------------------
