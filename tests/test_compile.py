@@ -29,6 +29,7 @@ from test_patch_sam import ENCODERS, encoder_by_name  # noqa: E402
 from test_patch_timm import ARCHITECTURES, build  # noqa: E402
 from tomesd.merge import (  # noqa: E402
     bipartite_soft_matching,
+    bipartite_soft_matching_random2d,
     merge_source,
     merge_wavg,
 )
