@@ -123,7 +123,7 @@ def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
                 f"tomesd cannot merge tokens in {type(component).__name__} (it has {type(unknown[0]).__name__} "
                 f"blocks): the supported diffusers models are {', '.join(MODELS)}"
             )
-        targets += roots
+        targets += [(root, kind) for root, kind in roots if kind.locate(root, kind)]  # a net with no block: nothing to merge
     if not targets:
         raise ValueError(
             f"{type(model).__name__} has no BasicTransformerBlock to merge tokens in: tomesd patches "
