@@ -10,35 +10,19 @@ import warnings
 
 import pytest
 import torch
-from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 
+import diffusers_zoo
 import tiny
 import tomesd
 from test_patch_diffusers import _inputs, _run, _snapshot, _assert_same_as, _token_counts
 from tomesd.patch.diffusers import merge_report
 
 
-def _pixart():
-    torch.manual_seed(0)
-    return PixArtTransformer2DModel(
-        sample_size=8, num_layers=1, attention_head_dim=8, num_attention_heads=2, in_channels=4, out_channels=8,
-        cross_attention_dim=16, caption_channels=16, patch_size=2,
-    )
-
-
-def _dit():
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1, sample_size=8, patch_size=2,
-        num_embeds_ada_norm=10,
-    )
-
-
-@pytest.mark.parametrize("build,name", [(_pixart, "PixArtTransformer2DModel"), (_dit, "DiTTransformer2DModel")])
-def test_transformers_without_a_table_entry_are_refused_naming_the_class_and_the_supported_ones(build, name):
-    model = build()
+@pytest.mark.parametrize("key", ["HunyuanDiT2DModel", "AuraFlowTransformer2DModel"])
+def test_transformers_without_a_table_entry_are_refused_naming_the_class_and_the_supported_ones(key):
+    model, _ = diffusers_zoo.build(key)
     before = _snapshot(model)
-    with pytest.raises(ValueError, match=f"cannot merge tokens in {name}.*supported diffusers models are UNet2DConditionModel, ControlNetModel"):
+    with pytest.raises(ValueError, match=f"cannot merge tokens in {key}.*supported diffusers models are UNet2DConditionModel, ControlNetModel"):
         tomesd.apply_patch(model)
     assert not tomesd.is_patched(model)
     _assert_same_as(model, before)

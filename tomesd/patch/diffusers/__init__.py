@@ -1,8 +1,9 @@
 """Token merging for diffusers models, driven by a block table.
 
-Supported: U-Nets (SD 1.x / 2.x / XL, img2img, inpaint) and ControlNets; every model kind is an entry of
-:data:`.table.MODELS`. A diffusers model with transformer blocks but no entry (DiT, PixArt, SD3, Flux...) is
-refused at apply time with a ``ValueError`` naming it and the supported kinds.
+Supported: U-Nets (SD 1.x / 2.x / XL, img2img, inpaint) and ControlNets, and the diffusion transformers
+of :mod:`.dit` (PixArt-α/Σ, DiT, SD3/SD3.5, Flux.1, Wan 2.x); every model kind is an entry of
+:data:`.table.MODELS`. A diffusers model with transformer blocks but no entry is refused at apply time with
+a ``ValueError`` naming it and the supported kinds; a class refused on purpose (Sana) with the reason.
 
 What it modifies, and nothing else: forward hooks on each patched model (to learn the latent size and key
 the destination draw by seed and timestep), on each selected block (to see its input) and on the block's
@@ -26,7 +27,9 @@ have), so ``apply_patch`` refuses one it can recognise (a ``torch.compile`` wrap
 Adding a block kind (e.g. a DiT block): write one :class:`~.table.BlockKind` (which submodules merge under
 which switch, which of them are self-attention, which argument holds the image tokens), add it to the
 :class:`~.table.ModelKind` of the models that hold it (or a new ``ModelKind`` with its grid rule, ``locate``,
-and the temporal containers to leave alone) in :data:`.table.MODELS`, and add its test to
+and the temporal containers to leave alone; where its blocks find their grid or match differently, its
+``block_state`` class, and where its submodules are hooked differently, its ``hook_site``, as :mod:`.dit`
+does) in :data:`.table.MODELS`, and add its test to
 ``tests/test_patch_diffusers_*.py``: ratio 0 bit-identical, ``remove_patch`` bit-identical, token counts.
 
 The defaults differ from tomesd 0.1.3 where measurements said so (see the README's performance section):
@@ -47,7 +50,8 @@ from ...merge import cells_in_grid
 from ..state import PatchState
 from .hooks import merge_count, merged_submodules, patch_model, pooled_tokens, pools_keys_and_values, selected_blocks
 from .options import HELP, OPTIONS, DiffusersOptions
-from .table import MODELS, ModelKind, model_kind, temporal_containers
+from .table import MODELS, REFUSED, ModelKind, model_kind, temporal_containers
+from . import dit  # noqa: F401  (registers the DiT / MMDiT entries in MODELS and REFUSED)
 
 __all__ = ["OPTIONS", "HELP", "DiffusersOptions", "BlockReport", "supports", "apply", "merge_report"]
 
@@ -107,7 +111,10 @@ def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
             there is nothing to patch.
     """
     targets: list[tuple[nn.Module, ModelKind]] = []
-    for component in _components(model):
+    components = _components(model)
+    for component in components:  # first: a refusal's reason says more than "unsupported"
+        _refuse_on_purpose(component)
+    for component in components:
         roots = list(_known_roots(component))
         covered = {id(m) for root, _ in roots for m in root.modules()}
         unknown = [m for m in _untemporal_modules(component) if id(m) not in covered and _is_transformer_block(m)]
@@ -123,6 +130,14 @@ def find_targets(model: Any) -> list[tuple[nn.Module, ModelKind]]:
             f"{', '.join(MODELS)} (and pipelines holding them), not VAEs or text encoders"
         )
     return targets
+
+
+def _refuse_on_purpose(module: nn.Module) -> None:
+    """Raise the reason of :data:`.table.REFUSED` if ``module`` or a submodule is a refused class."""
+    for sub in module.modules():
+        reason = next((REFUSED[cls.__name__] for cls in type(sub).__mro__ if cls.__name__ in REFUSED), None)
+        if reason is not None:
+            raise ValueError(f"tomesd does not merge tokens in {type(sub).__name__}: {reason}")
 
 
 def _components(model: Any) -> list[nn.Module]:

@@ -19,11 +19,16 @@ class LatentContext:
         seed: the patch's ``seed`` option.
         frame_dim: the latent's frame dimension (video models) or None.
         sample_arg: the model's forward argument holding the latent (when passed by keyword).
+        timestep_position: the positional index of the forward's ``timestep`` argument (None: keyword only).
+        sample_rank: the least rank of a tensor taken as the latent (smaller ones are ignored).
     """
 
-    def __init__(self, seed: int, frame_dim: int | None = None, sample_arg: str = "sample") -> None:
+    def __init__(self, seed: int, frame_dim: int | None = None, sample_arg: str = "sample",
+                 timestep_position: int | None = 1, sample_rank: int = 4) -> None:
         self.seed = seed
         self.sample_arg = sample_arg
+        self.timestep_position = timestep_position
+        self.sample_rank = sample_rank
         self._seed_hash = int(hash32(torch.tensor(seed)))  # once, at patch time
         self.frame_dim = frame_dim
         self.height = self.width = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any
 
 import torch
@@ -159,14 +160,22 @@ def _first(args: tuple, kwargs: dict, name: str) -> Any:
 
 
 class ModelEnter:
-    """Forward pre-hook on a patched model: start its :class:`LatentContext` from the latent and timestep."""
+    """Forward pre-hook on a patched model: start its :class:`LatentContext` from the latent and timestep
+    (where they sit in the call is the context's: any argument layout)."""
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         context: LatentContext = getattr(module, CONTEXT)
         sample = _first(args, kwargs, context.sample_arg)
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        if isinstance(sample, Tensor) and sample.dim() >= 4:
+        position = context.timestep_position
+        timestep = args[position] if position is not None and len(args) > position else kwargs.get("timestep")
+        if isinstance(sample, Tensor) and sample.dim() >= context.sample_rank:
             context.begin(sample, timestep)
+
+
+def timestep_position(model: nn.Module) -> int | None:
+    """The positional index of ``timestep`` in ``model``'s forward (None if it has no such argument)."""
+    names = [name for name in inspect.signature(type(model).forward).parameters if name != "self"]
+    return names.index("timestep") if "timestep" in names else None
 
 
 class BlockEnter:
@@ -237,24 +246,33 @@ def patch_model(root: nn.Module, kind: ModelKind, options: DiffusersOptions, sta
     """Hook ``root``, every block it holds and each block's mergeable submodules, recording each change in
     ``state``. The same hooks go on whatever the options: which blocks and submodules merge is state the
     hooks read (so a compiled model re-patched with other options sees the change through dynamo's guards
-    on that state, which it would not through hooks added to a module that had none)."""
-    context = LatentContext(options.seed, kind.frame_dim, kind.sample)
+    on that state, which it would not through hooks added to a module that had none). What differs between
+    model kinds comes from the entry: the block state class (grid and matching) and how a submodule is
+    hooked (:attr:`~.table.ModelKind.block_state`, :attr:`~.table.ModelKind.hook_site`)."""
+    context = LatentContext(options.seed, kind.frame_dim, kind.sample, timestep_position(root), kind.sample_rank)
     _attach(state, root, CONTEXT, context)
     _hook(state, root, ModelEnter(), pre=True)
+    block_class, hook_site = kind.block_state or BlockState, kind.hook_site or hook_merge_site
     selected = selected_blocks(root, kind, options)
     for index, (block, level) in enumerate(kind.locate(root, kind).items()):
         block_kind = kind.block_kind(block)
-        block_state = BlockState(context, block_kind, level, index, options)
+        block_state = block_class(context, block_kind, level, index, options)
         _attach(state, block, BLOCK, block_state)
         _hook(state, block, BlockEnter(), pre=True)
         _hook(state, block, BlockExit(), pre=False)
         enabled = {name for name, _ in merged_submodules(block, block_kind, options)} if block in selected else set()
         for name, _switch in block_kind.merges:
-            sub = getattr(block, name, None)
-            if sub is not None:
-                _attach(state, sub, SITE, MergeSite(block_state, name in block_kind.self_attention, name in enabled))
-                _hook(state, sub, MergeInput(), pre=True)
-                _hook(state, sub, UnmergeOutput(), pre=False)
+            if getattr(block, name, None) is not None:
+                hook_site(state, block, block_state, name, name in enabled)
+
+
+def hook_merge_site(state: PatchState, block: nn.Module, block_state: BlockState, name: str, enabled: bool) -> None:
+    """The default hooks of a candidate submodule ``name`` of ``block``: its :class:`MergeSite`, a pre-hook
+    merging its input and a hook unmerging its output."""
+    sub = getattr(block, name)
+    _attach(state, sub, SITE, MergeSite(block_state, name in block_state.kind.self_attention, enabled))
+    _hook(state, sub, MergeInput(), pre=True)
+    _hook(state, sub, UnmergeOutput(), pre=False)
 
 
 def _attach(state: PatchState, module: nn.Module, name: str, value: Any) -> None:

@@ -7,7 +7,7 @@ diffusers model whose class (or a base class) is not a key of :data:`MODELS` is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -45,6 +45,13 @@ class ModelKind:
         frame_dim: the latent's frame dimension for video models (None for images). Spatial blocks see
             (B * frames, h * w, C); their grid is the latent's last two dimensions, downsampled.
         temporal: container classes whose blocks attend over frames (tokens = frames): left alone.
+        sample_rank: the least rank of a latent the model's pre-hook reads its size from (4 for an image
+            latent; Flux's packed (B, N, C) latent 3, Wan's video latent 5).
+        block_state: the per-block state class, i.e. how a block finds its grid and matches (None:
+            :class:`~.hooks.BlockState`, the U-Net's 2-D cells).
+        hook_site: ``hook_site(state, block, block_state, name, enabled)`` installs the hooks of one
+            candidate submodule ``name`` of a block (None: :func:`~.hooks.hook_merge_site`, merge the
+            submodule's input and unmerge its output).
     """
 
     name: str
@@ -53,6 +60,9 @@ class ModelKind:
     sample: str = "sample"
     frame_dim: int | None = None
     temporal: tuple[str, ...] = ()
+    sample_rank: int = 4
+    block_state: Callable[..., Any] | None = None
+    hook_site: Callable[..., None] | None = None
 
     def block_kind(self, module: nn.Module) -> BlockKind | None:
         """The table entry of ``module``'s class, or None if it is no block of this model kind."""
@@ -108,6 +118,10 @@ MODELS: dict[str, ModelKind] = {
         ModelKind("UNetSpatioTemporalConditionModel", (BASIC,), unet_levels, frame_dim=1),
     )
 }
+
+#: Diffusers classes the patch refuses on purpose, by class name, with the reason the error gives
+#: (entries are added by the modules that describe the family, e.g. :mod:`.dit`).
+REFUSED: dict[str, str] = {}
 
 #: Attention processors that read ``encoder_hidden_states`` only as the source of keys and values, so
 #: pooled keys/values can go in through it. Any other processor (fused QKV, IP-Adapter, custom) may take

@@ -1,0 +1,33 @@
+"""tomesd/lab/dit_bench.py at toy widths: it runs every architecture and reports every figure (the figures
+themselves are only meaningful on a quiet GPU at full width)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tomesd.lab import dit_bench
+
+TINY = dict(depth=1, repeats=1, warmup=0, device="cpu", dtype=torch.float32, tiny=True)
+
+
+@pytest.mark.parametrize("name", list(dit_bench.SPECS))
+def test_every_architecture_is_timed_whole_and_per_block_with_its_limit(name):
+    spec = dit_bench.SPECS[name]
+    result = dit_bench.bench_model(name, ratios=(0.5,), **TINY)
+    assert sorted(b.block for b in result.blocks) == sorted(spec.blocks)
+    assert result.unpatched > 0 and all(0 < b.limit <= 1 and b.unpatched > 0 for b in result.blocks)
+    if spec.patched:
+        assert set(result.patched) == {0.5} and all(set(b.patched) == {0.5} for b in result.blocks)
+        assert 0 < result.deviation[0.5] < 1  # merging changes the output, a little
+    else:  # refused by the patch: the limit only
+        assert result.patched == {} and result.deviation == {}
+    table = dit_bench.format_bench(result)
+    assert "| whole model |" in table and all(f"| {b} |" in table for b in spec.blocks)
+
+
+def test_the_command_line_prints_a_table(capsys):
+    dit_bench.main(["--model", "pixart", "--tiny", "--device", "cpu", "--dtype", "float32", "--repeats", "1",
+                    "--warmup", "0", "--depth", "1", "--ratios", "0.3", "0.5"])
+    out = capsys.readouterr().out
+    assert "PixArt" in out and "ratio 0.3 ms" in out and "| BasicTransformerBlock |" in out
