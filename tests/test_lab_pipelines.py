@@ -32,8 +32,6 @@ IMAGE_DITS = ["FluxPipeline", "PixArtSigmaPipeline", "SanaPipeline", "StableDiff
 PIPELINES = IMAGE_DITS + sorted(VIDEO_FRAMES)
 MERGE_EVERYWHERE = {"min_tokens": 0}  # the toy models' grids are far below the default 1024 tokens
 
-
-
 @pytest.fixture(scope="session")
 def first_frame(tmp_path_factory) -> Path:
     """The conditioning image of Stable Video Diffusion."""

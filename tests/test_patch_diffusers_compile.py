@@ -109,10 +109,12 @@ def test_remove_and_reapply_on_a_compiled_patched_model_recompile_and_never_run_
     assert backend.graphs == 5
 
 
-def test_reapplying_after_remove_on_the_same_compiled_wrapper_needs_a_reset():
+def test_reapplying_after_remove_on_the_same_compiled_wrapper_needs_a_reset(monkeypatch):
     # The documented limit: once dynamo holds a graph compiled without hooks, it does not guard on them
     # (torch._dynamo.config.skip_nnmodule_hook_guards), so that graph runs even after a new patch. Compile
-    # again (or torch.compiler.reset()) after re-patching a model whose patch was removed.
+    # again (or torch.compiler.reset()) after re-patching a model whose patch was removed. Dynamo's default
+    # is pinned here: tomesd.lab.generation.compile_module turns these guards on for the whole process.
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", True)
     unet = tomesd.apply_patch(tiny.mini_unet(), ratio=0.5, **ANY)
     inputs = _inputs()
     compiled = torch.compile(unet, backend=CountingBackend(), fullgraph=True)

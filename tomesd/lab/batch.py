@@ -488,8 +488,8 @@ def check_patch(pipe: Any, ratios: Iterable[float], options: Mapping[str, Any]) 
             try:
                 set_ratio(pipe, ratio, options)
             except (ValueError, TypeError) as error:
-                raise type(error)(f"cannot merge tokens at ratio {ratio:g}: {error} (ratio 0 runs the model "
-                                  "unpatched)") from None
+                raise type(error)(f"cannot merge tokens at ratio {ratio:g}: {error} (ratio 0 runs the "
+                                  f"{type(pipe).__name__} unpatched)") from None
     finally:
         tomesd.remove_patch(pipe)
 
