@@ -23,7 +23,8 @@ from tomesd.lab.timing import DENOISERS, PeakMemory, PipelineRun, denoiser_name,
 
 __all__ = [
     "Generation", "GenerationSettings", "call_arguments", "check_compile_backend", "check_patch_options", "check_ratio",
-    "compile_module", "effective_ratio", "generate", "is_video_pipeline", "parse_option", "patch_option_defaults",
+    "compile_module", "effective_ratio", "generate", "is_video_pipeline", "latent_scale", "parse_option",
+    "patch_option_defaults",
     "ratio_label", "set_ratio", "unpatch", "warm_up",
 ]
 
@@ -169,6 +170,12 @@ def check_patch_options(options: Mapping[str, Any], ratios: Iterable[float] = (0
     return full
 
 
+def latent_scale(pipe: Any) -> int:
+    """Pixels per latent cell of ``pipe``: its VAE's spatial scale factor (video pipelines name it
+    ``vae_scale_factor_spatial``), 8 when the pipeline does not say."""
+    return getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8)
+
+
 def effective_ratio(pipe: Any, settings: GenerationSettings, ratio: float,
                     options: Mapping[str, Any] | None = None) -> float:
     """The share of image tokens the patch really merges away at ``ratio`` for ``settings``' size: the merged
@@ -189,7 +196,7 @@ def effective_ratio(pipe: Any, settings: GenerationSettings, ratio: float,
         return 0.0
     from tomesd.patch.diffusers import merge_report
 
-    scale = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8)
+    scale = latent_scale(pipe)
     latent = (-(-int(settings.height) // scale), -(-int(settings.width) // scale))
     merging = [block for block in merge_report(pipe, latent, ratio=ratio, **dict(options or {})) if block.submodules]
     tokens = sum(block.tokens for block in merging)

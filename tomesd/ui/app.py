@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from tomesd.lab.generation import (
-    DEFAULT_COMPILE_BACKEND, GenerationSettings, check_compile_backend, is_video_pipeline, parse_option,
+    DEFAULT_COMPILE_BACKEND, GenerationSettings, check_compile_backend, is_video_pipeline, latent_scale, parse_option,
     patch_option_defaults,
 )
 from tomesd.lab.loading import DEMO, default_settings, load_pipeline
@@ -145,7 +145,7 @@ def build_app(model: str = DEMO, device: str = "cpu", dtype: str = "float32", co
                 if is_video_pipeline(pipe):
                     raise ValueError(f"{type(pipe).__name__} makes videos; the app compares images. Use tomesd "
                                      "generate, which writes each video's frames as a GIF with the same speed log")
-                check_strides(patch_options, settings.width, settings.height, getattr(pipe, "vae_scale_factor", 8))
+                check_strides(patch_options, settings.width, settings.height, latent_scale(pipe))
                 start = time.monotonic()
 
                 def on_step(stage: str, step: int, total: int) -> None:
