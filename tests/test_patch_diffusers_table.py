@@ -67,6 +67,16 @@ def test_a_ratio_above_what_the_strides_allow_warns_and_reports_the_effective_ra
         tomesd.apply_patch(unet, ratio=0.75, min_tokens=0)  # at the cap: no warning
 
 
+def test_a_capped_ratio_warns_once_per_call_at_the_callers_line():
+    unet = tiny.unet()
+    for call in (lambda: tomesd.apply_patch(unet, ratio=0.9, min_tokens=0),
+                 lambda: merge_report(unet, (16, 16), ratio=0.9, min_tokens=0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        assert [w.filename for w in caught] == [__file__], [str(w.message) for w in caught]
+
+
 def test_merge_report_explains_why_a_block_runs_unmerged():
     unet = tiny.unet()
     reasons = {r.reason for r in merge_report(unet, (16, 16))}

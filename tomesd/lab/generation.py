@@ -12,6 +12,7 @@ is applied to the plain model, never to a compiled wrapper); see :func:`compile_
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -198,7 +199,10 @@ def effective_ratio(pipe: Any, settings: GenerationSettings, ratio: float,
 
     scale = latent_scale(pipe)
     latent = (-(-int(settings.height) // scale), -(-int(settings.width) // scale))
-    merging = [block for block in merge_report(pipe, latent, ratio=ratio, **dict(options or {})) if block.submodules]
+    with warnings.catch_warnings():  # a capped ratio: apply_patch has said so already, once
+        warnings.simplefilter("ignore", UserWarning)
+        report = merge_report(pipe, latent, ratio=ratio, **dict(options or {}))
+    merging = [block for block in report if block.submodules]
     tokens = sum(block.tokens for block in merging)
     return sum(block.merged for block in merging) / tokens if tokens else 0.0
 

@@ -78,6 +78,7 @@ def apply(model: Any, state: PatchState, **options: Any) -> None:
     """
     opts = DiffusersOptions(**options)
     targets = find_targets(model)
+    opts.warn_if_capped(stacklevel=3)  # here <- tomesd.apply_patch <- the user's line
     for root, kind in targets:
         _warn_if_no_cell_fits(root, kind, opts)
         patch_model(root, kind, opts, state)
@@ -239,6 +240,7 @@ def merge_report(model: Any, latent_size: tuple[int, int], **options: Any) -> li
         ValueError / TypeError: as :func:`apply` would.
     """
     opts = DiffusersOptions(**options)
+    opts.warn_if_capped(stacklevel=2)
     height, width = latent_size
     reports = []
     for root, kind in find_targets(model):

@@ -99,13 +99,18 @@ class DiffusersOptions:
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {', '.join(map(repr, MATCHINGS))}; got {self.matching!r}")
+
+    def warn_if_capped(self, stacklevel: int) -> None:
+        """Warn when ``ratio`` is more than the strides let merge (it is capped at :attr:`max_ratio`). Called
+        once per user call (:func:`apply` and :func:`merge_report`), not on every validation, so one request
+        warns once; ``stacklevel`` points the warning at the user's line."""
         if self.ratio > self.max_ratio:
             warnings.warn(
                 f"tomesd: ratio={self.ratio} is more than sx={self.sx}, sy={self.sy} allow: one token per "
                 f"{self.sy}x{self.sx} cell stays, so at most {self.max_ratio:.4g} of the tokens merge (the "
                 f"effective ratio); see tomesd.patch.diffusers.merge_report",
                 UserWarning,
-                stacklevel=5,  # the caller of tomesd.apply_patch
+                stacklevel=stacklevel + 1,
             )
 
     @property
