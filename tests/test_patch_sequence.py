@@ -51,3 +51,12 @@ def test_log_size_bias_is_the_log_size_per_key():
     bias = sequence.log_size_bias(size)
     assert bias.shape == (1, 1, 1, 3)
     assert torch.equal(bias.flatten(), size.log().flatten())
+
+
+@pytest.mark.parametrize("tokens,layers,largest", [(197, 12, 15), (257, 12, 19), (577, 24, 23)])
+def test_the_refusal_names_the_largest_constant_r_the_model_allows(tokens, layers, largest):
+    # ViT-B/16 at 224 px, DINOv2-B/14 at 224 px, CLIP-L/14 at 336 px (one class token each): the named r
+    # fits every layer and one more does not, although the overflow is found only in a late layer.
+    sequence.check_schedule([largest] * layers, tokens, 1, largest)
+    with pytest.raises(ValueError, match=rf"in layer {layers - 1},.*the largest constant r for this model is {largest}$"):
+        sequence.check_schedule([largest + 1] * layers, tokens, 1, largest + 1)

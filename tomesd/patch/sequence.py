@@ -162,14 +162,15 @@ def check_schedule(schedule: list[int], num_tokens: int, protected: int, r: RSch
         protected: leading tokens never merged.
         r: the option the schedule came from, for the message.
     """
+    held = num_tokens
     for layer, layer_r in enumerate(schedule):
-        if layer_r > mergeable(num_tokens, protected):
+        if layer_r > mergeable(held, protected):
             raise ValueError(
                 f"r={r!r} merges {layer_r} tokens in layer {layer}, which has only "
-                f"{mergeable(num_tokens, protected)} mergeable of {num_tokens}; the largest constant r "
+                f"{mergeable(held, protected)} mergeable of {held}; the largest constant r "
                 f"for this model is {_largest_constant_r(len(schedule), num_tokens, protected)}"
             )
-        num_tokens -= layer_r
+        held -= layer_r
 
 
 def check_layer_tokens(layer: LayerMerge, num_tokens: int, protected: int, set_r_name: str) -> None:
