@@ -6,6 +6,7 @@ Tiny random-weight models from tests/tiny_transformers.py (4 layers, 16 image / 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -331,15 +332,19 @@ def test_benchmark_cases_fit_their_full_size_models():
         tomesd.remove_patch(model)
 
 
-def test_benchmark_runs_and_reports_at_tiny_size(capsys):
+def test_benchmark_runs_and_reports_at_tiny_size(capsys, tmp_path):
     from tomesd.cli.bench_transformers import main
     from tomesd.lab import transformers_bench as bench
 
     rows = [row for name in ("vit_b16", "videomae_b")
             for row in bench.run_case(bench.CASES[name], tiny=True, repeats=1, warmup=0, quality_samples=2)]
-    assert main(["--tiny", "--models", "vit_b16", "--repeats", "1", "--warmup", "0", "--quality-samples", "2"]) == 0
+    out = tmp_path / "bench.json"
+    assert main(["--tiny", "--models", "vit_b16", "--repeats", "1", "--warmup", "0", "--quality-samples", "2",
+                 "--out", str(out)]) == 0
     assert "| ViT-B/16 224 (tiny) | r=2 global |" in capsys.readouterr().out  # the command prints the table
-    assert [row["setting"] for row in rows] == ["r=2 global", "r=2 global", "r=2 spacetime", "r=2 global", "r=2 spacetime"]
+    assert [r["setting"] for r in json.loads(out.read_text())["rows"]] == ["r=2 global"] * 2
+    assert out.with_suffix(".md").read_text().startswith("Unpatched vs patched in one process (cpu, float32, ")
+    assert [row["setting"] for row in rows] == ["r=2 global"] * 3 + ["r=2 spacetime", "r=2 global", "r=2 spacetime"]
     for row in rows:
         assert row["seconds_unpatched"] > 0 and row["seconds_patched"] > 0 and row["speedup"] > 0
         assert 0.5 < row["flop_ratio"] < 1.0  # fewer tokens, fewer FLOPs
