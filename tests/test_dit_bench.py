@@ -24,6 +24,8 @@ def test_every_architecture_is_timed_whole_and_per_block_with_its_limit(name):
         assert result.patched == {} and result.deviation == {}
     table = dit_bench.format_bench(result)
     assert "| whole model |" in table and all(f"| {b} |" in table for b in spec.blocks)
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in rows}) == 1, rows  # every row as wide as the header
 
 
 def test_the_command_line_prints_a_table(capsys):
@@ -31,3 +33,13 @@ def test_the_command_line_prints_a_table(capsys):
                     "--warmup", "0", "--depth", "1", "--ratios", "0.3", "0.5"])
     out = capsys.readouterr().out
     assert "PixArt" in out and "ratio 0.3 ms" in out and "| BasicTransformerBlock |" in out
+
+
+def test_the_command_line_appends_its_tables_and_setting_to_out(tmp_path):
+    out = tmp_path / "dit" / "benchmark.md"
+    for model in ("pixart", "animatediff"):
+        dit_bench.main(["--model", model, "--tiny", "--device", "cpu", "--dtype", "float32", "--repeats", "1",
+                        "--warmup", "0", "--depth", "1", "--threads", "1", "--out", str(out)])
+    text = out.read_text()
+    assert text.count("| whole model |") == 2 and "AnimateDiff" in text and "latent frames run" in text
+    assert text.count("cpu, float32, 1 threads, batch 1, median of 1 interleaved") == 2

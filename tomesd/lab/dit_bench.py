@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -44,17 +45,20 @@ class BenchSpec:
         name: short name (the command line's ``--model``).
         title: what it stands for (the real model and resolution).
         build: ``build(depth, tiny) -> model`` (random weights; ``tiny`` for tests: a toy width).
-        inputs: ``inputs(model, batch, tiny) -> forward kwargs`` at the native resolution (toy when tiny).
+        inputs: ``inputs(model, batch, tiny, frames=...) -> forward kwargs`` at the native resolution (toy
+            when tiny); ``frames`` (latent frames) only matters to video models.
         blocks: block class name -> the submodules whose time merging shortens (the limit).
         patched: whether tomesd patches it (False: limit only).
+        frames: a video model's native number of latent frames (0: an image model).
     """
 
     name: str
     title: str
     build: Callable[[int, bool], nn.Module]
-    inputs: Callable[[nn.Module, int, bool], dict[str, Any]]
+    inputs: Callable[..., dict[str, Any]]
     blocks: dict[str, tuple[str, ...]]
     patched: bool = True
+    frames: int = 0
 
 
 def _randn(*shape: int) -> Tensor:
@@ -72,7 +76,7 @@ def _flux(depth: int, tiny: bool) -> nn.Module:
     return FluxTransformer2DModel(num_layers=depth, num_single_layers=2 * depth, guidance_embeds=True)
 
 
-def _flux_inputs(model: nn.Module, batch: int, tiny: bool) -> dict[str, Any]:
+def _flux_inputs(model: nn.Module, batch: int, tiny: bool, frames: int = 0) -> dict[str, Any]:
     side, text = (8, 8) if tiny else (64, 512)  # 1024 px: 128x128 latent, packed 2x2
     config = model.config
     img_ids = torch.zeros(side, side, 3)
@@ -102,7 +106,7 @@ def _sd35(depth: int, tiny: bool) -> nn.Module:
                                  dual_attention_layers=tuple(range(depth)), qk_norm="rms_norm")
 
 
-def _sd35_inputs(model: nn.Module, batch: int, tiny: bool) -> dict[str, Any]:
+def _sd35_inputs(model: nn.Module, batch: int, tiny: bool, frames: int = 0) -> dict[str, Any]:
     side, text = (16, 8) if tiny else (128, 333)  # 77 CLIP + 256 T5 tokens
     config = model.config
     return {
@@ -125,7 +129,7 @@ def _pixart(depth: int, tiny: bool) -> nn.Module:
                                     out_channels=8, interpolation_scale=2, use_additional_conditions=False)
 
 
-def _pixart_inputs(model: nn.Module, batch: int, tiny: bool) -> dict[str, Any]:
+def _pixart_inputs(model: nn.Module, batch: int, tiny: bool, frames: int = 0) -> dict[str, Any]:
     side, text = (16, 8) if tiny else (128, 300)
     return {
         "hidden_states": _randn(batch, model.config.in_channels, side, side), "timestep": torch.full((batch,), 500.0),
@@ -144,7 +148,7 @@ def _sana(depth: int, tiny: bool) -> nn.Module:
     return SanaTransformer2DModel(num_layers=depth)  # Sana 1600M 1024 px: 20 blocks of width 2240
 
 
-def _sana_inputs(model: nn.Module, batch: int, tiny: bool) -> dict[str, Any]:
+def _sana_inputs(model: nn.Module, batch: int, tiny: bool, frames: int = 0) -> dict[str, Any]:
     side, text = (16, 8) if tiny else (32, 300)  # DC-AE: 32x downsampling
     return {
         "hidden_states": _randn(batch, model.config.in_channels, side, side), "timestep": torch.full((batch,), 500.0),
@@ -165,11 +169,38 @@ def _wan(depth: int, tiny: bool) -> nn.Module:
                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads")
 
 
-def _wan_inputs(model: nn.Module, batch: int, tiny: bool) -> dict[str, Any]:
-    frames, height, width, text = (2, 16, 16, 8) if tiny else (21, 60, 104, 512)  # 81 frames at 480x832
+def _wan_inputs(model: nn.Module, batch: int, tiny: bool, frames: int = 21) -> dict[str, Any]:
+    # 81 frames at 480x832 are 21 latent frames of 60x104 (30x52 tokens each, after 2x2 patches)
+    frames, height, width, text = (2, 16, 16, 8) if tiny else (frames, 60, 104, 512)
     return {
         "hidden_states": _randn(batch, model.config.in_channels, frames, height, width),
         "timestep": torch.full((batch,), 500.0), "encoder_hidden_states": _randn(batch, text, model.config.text_dim),
+    }
+
+
+def _animatediff(depth: int, tiny: bool) -> nn.Module:
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from tomesd.lab.bench import SD15_UNET
+
+    if tiny:
+        unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                    attention_head_dim=8, norm_num_groups=8)
+        adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                                motion_norm_num_groups=8, motion_max_seq_length=8)
+    else:  # the whole SD 1.5 U-Net (depth does not apply) with AnimateDiff v1.5's motion modules
+        unet, adapter = UNet2DConditionModel(**SD15_UNET), MotionAdapter()
+    return UNetMotionModel.from_unet2d(unet, adapter)
+
+
+def _animatediff_inputs(model: nn.Module, batch: int, tiny: bool, frames: int = 16) -> dict[str, Any]:
+    side, text, frames = (16, 8, 2) if tiny else (64, 77, frames)  # 512 px: a 64x64 latent per frame
+    return {
+        "sample": _randn(batch, model.config.in_channels, frames, side, side), "timestep": torch.tensor(500),
+        # UNetMotionModel takes the prompt once per frame, as AnimateDiffPipeline passes it
+        "encoder_hidden_states": _randn(batch, text, model.config.cross_attention_dim).repeat_interleave(frames, 0),
     }
 
 
@@ -184,7 +215,10 @@ SPECS: dict[str, BenchSpec] = {spec.name: spec for spec in (
     BenchSpec("sana", "Sana 1600M, 1024 px (1024 image tokens); refused by the patch: limit only", _sana, _sana_inputs,
               {"SanaTransformerBlock": ("attn1", "attn2")}, patched=False),
     BenchSpec("wan", "Wan 2.1 1.3B, 480p 81 frames (21 x 30 x 52 = 32760 tokens)", _wan, _wan_inputs,
-              {"WanTransformerBlock": ("attn1", "ffn")}),
+              {"WanTransformerBlock": ("attn1", "ffn")}, frames=21),
+    BenchSpec("animatediff", "AnimateDiff (SD 1.5 U-Net + motion adapter v1.5), 512 px, 16 frames "
+              "(4096 tokens a frame at the first level)", _animatediff, _animatediff_inputs,
+              {"BasicTransformerBlock": ("attn1", "ff")}, frames=16),
 )}
 
 
@@ -209,6 +243,7 @@ class ModelBench:
     patched: dict[float, float]
     blocks: tuple[BlockTiming, ...]
     deviation: dict[float, float] = field(default_factory=dict)  # relative L2 of the output, by ratio
+    frames: int = 0  # latent frames run (video models)
 
 
 def relative_deviation(model: nn.Module, kwargs: dict[str, Any], **options: Any) -> float:
@@ -226,7 +261,7 @@ def relative_deviation(model: nn.Module, kwargs: dict[str, Any], **options: Any)
 
 def bench_model(name: str, depth: int = 2, ratios: tuple[float, ...] = (0.5,), batch: int = 1, repeats: int = 5,
                 warmup: int = 1, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, tiny: bool = False,
-                **options: Any) -> ModelBench:
+                frames: int | None = None, **options: Any) -> ModelBench:
     """Time ``SPECS[name]`` at ``depth`` blocks (per kind), unpatched and patched at each of ``ratios``.
 
     Args:
@@ -237,6 +272,7 @@ def bench_model(name: str, depth: int = 2, ratios: tuple[float, ...] = (0.5,), b
         repeats, warmup: see :func:`tomesd.lab.timing.time_interleaved`.
         device, dtype: where and in what precision.
         tiny: toy widths and sizes (for tests); the figures then mean nothing.
+        frames: latent frames of a video model (default: its native count; fewer to fit a small machine).
         **options: further patch options (``min_tokens`` defaults to 0 so every block merges).
 
     Returns:
@@ -245,7 +281,9 @@ def bench_model(name: str, depth: int = 2, ratios: tuple[float, ...] = (0.5,), b
     spec = SPECS[name]
     torch.manual_seed(0)
     model = spec.build(depth, tiny).to(device=device, dtype=dtype).eval()
-    kwargs = _to(spec.inputs(model, batch, tiny), device, dtype)
+    frames = spec.frames if frames is None or not spec.frames else frames
+    kwargs = _to(spec.inputs(model, batch, tiny, frames=frames) if spec.frames else spec.inputs(model, batch, tiny),
+                 device, dtype)
     ratios = ratios if spec.patched else ()
     options = {"min_tokens": 0, **options}
     block_inputs = _capture_block_inputs(model, kwargs, spec)
@@ -263,7 +301,7 @@ def bench_model(name: str, depth: int = 2, ratios: tuple[float, ...] = (0.5,), b
     deviation = {r: relative_deviation(model, kwargs, ratio=r, **options) for r in ratios}
     tomesd.remove_patch(model)
     return ModelBench(name, spec.title, depth, whole["unpatched"].median,
-                      {r: whole[f"ratio {r}"].median for r in ratios}, blocks, deviation)
+                      {r: whole[f"ratio {r}"].median for r in ratios}, blocks, deviation, frames)
 
 
 def _to(value: Any, device: str, dtype: torch.dtype) -> Any:
@@ -361,16 +399,16 @@ def _parts_seconds(block: nn.Module, args: tuple, kwargs: dict[str, Any], parts:
 def format_bench(result: ModelBench) -> str:
     """A markdown table of one :class:`ModelBench`: rows whole model and each block kind."""
     ratios = sorted(result.patched) or sorted({r for b in result.blocks for r in b.patched})
-    head = "| part | unpatched ms | " + " | ".join(f"ratio {r} ms (speed-up)" for r in ratios) + " | limit |"
-    lines = [f"{result.title}, depth {result.depth}", "", head, "|" + " --- |" * (3 + len(ratios))]
+    head = "| " + " | ".join(["part", "unpatched ms", *(f"ratio {r} ms (speed-up)" for r in ratios), "limit"]) + " |"
+    run = f"depth {result.depth}" + (f", {result.frames} latent frames run" if result.frames else "")
+    lines = [f"{result.title}; {run}", "", head, "|" + " --- |" * (3 + len(ratios))]
 
-    def cells(unpatched: float, patched: dict[float, float]) -> str:
-        return " | ".join(f"{patched[r] * 1e3:.2f} ({unpatched / patched[r]:.2f}x)" for r in ratios)
+    def row(part: str, unpatched: float, patched: dict[float, float], limit: str) -> str:
+        timed = [f"{patched[r] * 1e3:.2f} ({unpatched / patched[r]:.2f}x)" for r in ratios]
+        return "| " + " | ".join([part, f"{unpatched * 1e3:.2f}", *timed, limit]) + " |"
 
-    lines.append(f"| whole model | {result.unpatched * 1e3:.2f} | {cells(result.unpatched, result.patched)} | |")
-    for block in result.blocks:
-        lines.append(f"| {block.block} | {block.unpatched * 1e3:.2f} | {cells(block.unpatched, block.patched)} | "
-                     f"{block.limit:.0%} |")
+    lines.append(row("whole model", result.unpatched, result.patched, ""))
+    lines += [row(block.block, block.unpatched, block.patched, f"{block.limit:.0%}") for block in result.blocks]
     if result.deviation:
         lines += ["", "output deviation (relative L2, random weights): "
                   + ", ".join(f"ratio {r}: {d:.3f}" for r, d in result.deviation.items())]
@@ -389,11 +427,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16")
     parser.add_argument("--tiny", action="store_true", help="toy widths (a smoke test; figures mean nothing)")
+    parser.add_argument("--frames", type=int, help="latent frames of the video models (default: native: Wan 21, "
+                        "AnimateDiff 16)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="also append the tables to this markdown file")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a patch option (repeatable), e.g. min_tokens=1024 (the bench's own default is "
+                             "min_tokens=0: every block merges)")
     args = parser.parse_args(argv)
+    options = dict(_parse_option(text) for text in args.option)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for name in SPECS if args.model == "all" else [args.model]:
         result = bench_model(name, args.depth, tuple(args.ratios), args.batch, args.repeats, args.warmup, args.device,
-                             getattr(torch, args.dtype), args.tiny)
-        print(format_bench(result), end="\n\n")
+                             getattr(torch, args.dtype), args.tiny, args.frames, **options)
+        table = format_bench(result)
+        print(table, end="\n\n", flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a") as handle:
+                handle.write(f"{table}\n\n({_setting(args)})\n\n")
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``"name=value"`` as a typed patch option (see :func:`tomesd.lab.generation.parse_option`)."""
+    from tomesd.lab.generation import parse_option
+
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--option expects NAME=VALUE, got {text!r}")
+    return name.strip(), parse_option(name.strip(), value)
+
+
+def _setting(args: argparse.Namespace) -> str:
+    """How a table was measured, for the markdown file."""
+    import os
+
+    options = ", ".join(["min_tokens=0", *args.option]) if not any(o.startswith("min_tokens") for o in args.option) \
+        else ", ".join(args.option)
+    return (f"{args.device}, {args.dtype}, {torch.get_num_threads()} threads, batch {args.batch}, median of "
+            f"{args.repeats} interleaved after {args.warmup} warm-up, patch options {options} (others default), "
+            f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}")
 
 
 if __name__ == "__main__":
