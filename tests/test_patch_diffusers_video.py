@@ -13,6 +13,7 @@ from PIL import Image
 import tiny
 import tomesd
 from test_patch_diffusers import TokenLog, _assert_same_as, _snapshot, _token_counts
+from tomesd.patch.diffusers import merge_report
 
 KINDS = ["motion", "svd", "unet3d", "i2vgen"]
 ANY = {"min_tokens": 0}
@@ -135,3 +136,64 @@ def test_fullgraph_compile_with_the_patch_on_matches_eager(kind, share_frames):
         assert torch.equal(_run(compiled, inputs), _run(model, inputs))
     finally:
         torch.compiler.reset()
+
+
+# --- merge_temporal: AnimateDiff's motion modules on merged places -----------------------------------------
+
+
+def _motion_rows(model, inputs):
+    """The rows (batch x places) each motion module's transformer sees, in call order."""
+    rows = []
+    handles = [module.proj_in.register_forward_pre_hook(lambda m, a, k: rows.append(k["input"].shape[0]), with_kwargs=True)
+               for module in model.modules() if type(module).__name__ == "AnimateDiffTransformer3D"]
+    _run(model, inputs)
+    for handle in handles:
+        handle.remove()
+    return rows
+
+
+def test_merge_temporal_runs_the_motion_modules_on_the_merged_places_the_report_predicts():
+    model, inputs = tiny.video_unet("motion"), tiny.video_inputs("motion")  # batch 2, 16x16 latent
+    full = _motion_rows(model, inputs)
+    tomesd.apply_patch(model, ratio=0.5, **ANY)
+    assert _motion_rows(model, inputs) == full  # off by default: every place
+    tomesd.apply_patch(model, ratio=0.5, merge_temporal=True, **ANY)
+    report = [r for r in merge_report(model, (16, 16), ratio=0.5, merge_temporal=True, **ANY) if "motion" in r.name]
+    assert len(report) == len(full) and all(r.submodules == ("the whole motion module",) for r in report)
+    assert _motion_rows(model, inputs) == [2 * (r.tokens - r.merged) for r in report] == [n // 2 for n in full]
+    off = merge_report(model, (16, 16), ratio=0.5, **ANY)
+    assert {r.reason for r in off if "motion" in r.name} == {"motion module: merge_temporal=False"}
+
+
+def test_merge_temporal_keeps_the_skip_connection_exact():
+    # With their output projections zeroed, the motion modules add nothing to their input: merged places
+    # must then change nothing either (the exit hook removes the merged input and adds the unmerged one).
+    model, inputs = tiny.video_unet("motion"), tiny.video_inputs("motion")
+    for module in model.modules():
+        if type(module).__name__ == "AnimateDiffTransformer3D":
+            torch.nn.init.zeros_(module.proj_out.weight)
+            torch.nn.init.zeros_(module.proj_out.bias)
+    tomesd.apply_patch(model, ratio=0.5, **ANY)
+    spatial_only = _run(model, inputs)
+    tomesd.apply_patch(model, ratio=0.5, merge_temporal=True, **ANY)
+    assert torch.equal(_run(model, inputs), spatial_only)
+
+
+def test_merge_temporal_is_exact_at_ratio_zero_and_after_removal_and_trains_and_compiles():
+    model, inputs = tiny.video_unet("motion"), tiny.video_inputs("motion")
+    base = _run(model, inputs)
+    tomesd.apply_patch(model, ratio=0.0, merge_temporal=True, **ANY)
+    assert torch.equal(_run(model, inputs), base)
+    tomesd.apply_patch(model, ratio=0.5, merge_temporal=True, share_frames=True, **ANY)
+    eager = _run(model, inputs)
+    torch.compiler.reset()
+    try:
+        assert torch.equal(_run(torch.compile(model, backend="eager", fullgraph=True), inputs), eager)
+    finally:
+        torch.compiler.reset()
+    model.train()
+    model(**inputs).sample.square().mean().backward()
+    motion = [p.grad for n, p in model.named_parameters() if "motion_modules" in n and p.grad is not None]
+    assert motion and all(torch.isfinite(g).all() for g in motion)
+    tomesd.remove_patch(model)
+    assert torch.equal(_run(model.eval(), inputs), base)

@@ -49,8 +49,9 @@ from torch import nn
 from ...merge import cells_in_grid
 from ..state import PatchState
 from .hooks import merge_count, merged_submodules, patch_model, pooled_tokens, pools_keys_and_values, selected_blocks
+from .motion import level_limit, patch_motion_modules
 from .options import HELP, OPTIONS, DiffusersOptions
-from .table import MODELS, REFUSED, ModelKind, model_kind, temporal_containers
+from .table import MODELS, REFUSED, ModelKind, model_kind, motion_levels, temporal_containers
 from . import dit  # noqa: F401  (registers the DiT / MMDiT entries in MODELS and REFUSED)
 
 __all__ = ["OPTIONS", "HELP", "DiffusersOptions", "BlockReport", "supports", "apply", "merge_report"]
@@ -82,6 +83,8 @@ def apply(model: Any, state: PatchState, **options: Any) -> None:
     for root, kind in targets:
         _warn_if_no_cell_fits(root, kind, opts)
         patch_model(root, kind, opts, state)
+        if kind.motion:
+            patch_motion_modules(root, kind, opts, state)
 
 
 def _warn_if_no_cell_fits(root: nn.Module, kind: ModelKind, opts: DiffusersOptions) -> None:
@@ -234,7 +237,8 @@ def merge_report(model: Any, latent_size: tuple[int, int], **options: Any) -> li
 
     Returns:
         One :class:`BlockReport` per transformer block of every model the patch would hook, in module
-        order (blocks left out by ``max_downsample`` included, with their reason).
+        order (blocks left out by ``max_downsample`` included, with their reason), then one per motion
+        module of a video U-Net that ``merge_temporal`` can merge.
 
     Raises:
         ValueError / TypeError: as :func:`apply` would.
@@ -248,7 +252,22 @@ def merge_report(model: Any, latent_size: tuple[int, int], **options: Any) -> li
         names = {module: name for name, module in root.named_modules()}
         for block, level in kind.locate(root, kind).items():
             reports.append(_block_report(root, names[block], block, kind, level, block in selected, height, width, opts))
+        levels = motion_levels(root, kind) if kind.motion else {}
+        reports += [_motion_report(root, names[module], level, level <= level_limit(levels, opts), height, width, opts)
+                    for module, level in levels.items()]
     return reports
+
+
+def _motion_report(root: nn.Module, name: str, level: int, selected: bool, height: int, width: int,
+                   opts: DiffusersOptions) -> BlockReport:
+    """A motion module's row: its places merge as a whole module when ``merge_temporal`` is on."""
+    grid = (-(-height // level), -(-width // level))
+    tokens = grid[0] * grid[1]
+    merged = merge_count(tokens, grid, opts) if selected and opts.merge_temporal else 0
+    reason = "" if merged else ("motion module: merge_temporal=False" if not opts.merge_temporal
+                                else _reason(selected, tokens, grid, merged, opts))
+    return BlockReport(type(root).__name__, name, level, tokens, grid, ("the whole motion module",) if merged else (),
+                       merged, opts.ratio, merged / tokens, tokens - merged, reason)
 
 
 def _block_report(root: nn.Module, name: str, block: nn.Module, kind: ModelKind, level: int, selected: bool,

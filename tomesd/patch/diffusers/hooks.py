@@ -108,7 +108,7 @@ class BlockState:
         if shared:  # rows are (clip, frame), frame-minor: match the clip's mean frame once
             metric = metric.unflatten(0, (-1, frames)).mean(1)  # (B, N, C)
         plan = bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, choice, opts.matching == "local")
-        return _repeat_per_frame(plan, frames) if shared else plan
+        return repeat_per_frame(plan, frames) if shared else plan
 
     def pooled_kv(self, x: Tensor) -> Tensor:
         """Keys/values for merged self-attention: ``x`` (B, N, C) average-pooled over kv_downsample²
@@ -131,7 +131,7 @@ def pooled_tokens(grid: tuple[int, int], k: int) -> int:
     return -(-grid[0] // ky) * -(-grid[1] // kx)
 
 
-def _repeat_per_frame(plan: MergePlan, frames: int) -> MergePlan:
+def repeat_per_frame(plan: MergePlan, frames: int) -> MergePlan:
     """A per-clip plan (B rows) as the plan of its B * frames frame rows, each frame merged alike."""
     return dataclasses.replace(plan, unm=plan.unm.repeat_interleave(frames, 0),
                                merged=plan.merged.repeat_interleave(frames, 0),

@@ -77,6 +77,14 @@ class DiffusersOptions:
         "(cheaper matching, the same tokens merged in every frame); False matches each frame on its own.",
     )
 
+    merge_temporal: bool = _option(
+        False,
+        "AnimateDiff: also run the motion modules on merged places. A motion module attends over the frames "
+        "at every place of the grid; with this on, the places merge (one plan for all frames of a clip, "
+        "matched on their mean), the module runs on fewer of them, and its output is unmerged with the skip "
+        "connection kept exact. Off: motion modules see every place (as in 0.1.3).",
+    )
+
     def __post_init__(self) -> None:
         _check_number("ratio", self.ratio, float)
         if not 0 <= self.ratio < 1:
@@ -94,7 +102,7 @@ class DiffusersOptions:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.min_tokens < 0:
             raise ValueError(f"min_tokens must be 0 or more; got {self.min_tokens!r}")
-        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp", "share_frames"):
+        for name in ("use_rand", "merge_attn", "merge_crossattn", "merge_mlp", "share_frames", "merge_temporal"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.matching not in MATCHINGS:

@@ -45,6 +45,9 @@ class ModelKind:
         frame_dim: the latent's frame dimension for video models (None for images). Spatial blocks see
             (B * frames, h * w, C); their grid is the latent's last two dimensions, downsampled.
         temporal: container classes whose blocks attend over frames (tokens = frames): left alone.
+        motion: those of the temporal containers that can run on merged places (one plan for every frame
+            of a clip) when ``merge_temporal`` is on: a module taking and returning (B * frames, C, h, w)
+            with its own skip connection (see :mod:`~.motion`).
         sample_rank: the least rank of a latent the model's pre-hook reads its size from (4 for an image
             latent; Flux's packed (B, N, C) latent 3, Wan's video latent 5).
         block_state: the per-block state class, i.e. how a block finds its grid and matches (None:
@@ -60,6 +63,7 @@ class ModelKind:
     sample: str = "sample"
     frame_dim: int | None = None
     temporal: tuple[str, ...] = ()
+    motion: tuple[str, ...] = ()
     sample_rank: int = 4
     block_state: Callable[..., Any] | None = None
     hook_site: Callable[..., None] | None = None
@@ -72,15 +76,25 @@ class ModelKind:
 def unet_levels(root: nn.Module, kind: ModelKind) -> dict[nn.Module, int]:
     """Grid rule of U-Nets: walk the down, mid and up blocks; a block's grid is the 2-D latent divided by
     2 for every downsampler before it (rounded up). Blocks inside ``kind.temporal`` containers are left out."""
+    return _walk_levels(root, lambda stage: _spatial_blocks(stage, kind))
+
+
+def motion_levels(root: nn.Module, kind: ModelKind) -> dict[nn.Module, int]:
+    """The motion modules of a video U-Net whose places can merge (classes in ``kind.motion``), with
+    their levels, by the U-Net's grid rule."""
+    return _walk_levels(root, lambda stage: (m for m in stage.modules() if type(m).__name__ in kind.motion))
+
+
+def _walk_levels(root: nn.Module, pick: Callable[[nn.Module], Iterator[nn.Module]]) -> dict[nn.Module, int]:
     levels: dict[nn.Module, int] = {}
     factor = 1
     for down in root.down_blocks:
-        levels.update(dict.fromkeys(_spatial_blocks(down, kind), factor))
+        levels.update(dict.fromkeys(pick(down), factor))
         factor *= 2 if getattr(down, "downsamplers", None) else 1
     if getattr(root, "mid_block", None) is not None:
-        levels.update(dict.fromkeys(_spatial_blocks(root.mid_block, kind), factor))
+        levels.update(dict.fromkeys(pick(root.mid_block), factor))
     for up in getattr(root, "up_blocks", []):
-        levels.update(dict.fromkeys(_spatial_blocks(up, kind), factor))
+        levels.update(dict.fromkeys(pick(up), factor))
         factor //= 2 if getattr(up, "upsamplers", None) else 1
     return levels
 
@@ -111,7 +125,8 @@ MODELS: dict[str, ModelKind] = {
         ModelKind("ControlNetModel", (BASIC,), unet_levels),
         # Video U-Nets: the spatial blocks see (B * frames, h * w, C), one frame per row; the motion /
         # temporal blocks (tokens = frames) are left alone. SVD's are another class (TemporalBasicTransformerBlock).
-        ModelKind("UNetMotionModel", (BASIC,), unet_levels, frame_dim=2, temporal=("AnimateDiffTransformer3D",)),
+        ModelKind("UNetMotionModel", (BASIC,), unet_levels, frame_dim=2, temporal=("AnimateDiffTransformer3D",),
+                  motion=("AnimateDiffTransformer3D",)),
         ModelKind("UNet3DConditionModel", (BASIC,), unet_levels, frame_dim=2, temporal=("TransformerTemporalModel",)),
         ModelKind("I2VGenXLUNet", (BASIC,), unet_levels, frame_dim=2,
                   temporal=("TransformerTemporalModel", "I2VGenXLTransformerTemporalEncoder")),
