@@ -120,20 +120,20 @@ def test_video_pipelines_run_end_to_end_patched_and_restore_exactly(build, call,
     assert (call(pipe) == base).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("share_frames", [False, True])
-def test_fullgraph_compile_with_the_patch_on_matches_eager(kind, share_frames):
+@pytest.mark.parametrize("kind", KINDS)  # a shared plan compiles in the merge_temporal test below
+def test_fullgraph_compile_with_the_patch_on_matches_eager(kind):
     # Any graph break raises under fullgraph=True; the eager backend runs the traced graph op for op, so
     # it must give eager's very numbers (the same destinations: the draw is traced, not taken on the host).
     model, inputs = tiny.video_unet(kind), tiny.video_inputs(kind)
-    tomesd.apply_patch(model, ratio=0.5, share_frames=share_frames, **ANY)
+    tomesd.apply_patch(model, ratio=0.5, **ANY)
     torch.compiler.reset()
     try:
         eager = _run(model, inputs)
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         assert torch.equal(_run(compiled, inputs), eager)
-        tomesd.apply_patch(model, ratio=0.0, **ANY)  # another setting: guarded, so never the stale graph
-        assert torch.equal(_run(compiled, inputs), _run(model, inputs))
+        if kind == "motion":  # another setting is guarded, so never the stale graph (once: it recompiles)
+            tomesd.apply_patch(model, ratio=0.0, **ANY)
+            assert torch.equal(_run(compiled, inputs), _run(model, inputs))
     finally:
         torch.compiler.reset()
 
