@@ -43,3 +43,11 @@ def test_the_command_line_appends_its_tables_and_setting_to_out(tmp_path):
     text = out.read_text()
     assert text.count("| whole model |") == 2 and "AnimateDiff" in text and "latent frames run" in text
     assert text.count("cpu, float32, 1 threads, batch 1, median of 1 interleaved") == 2
+
+
+@pytest.mark.parametrize("option,message", [("min_tokens", "expects NAME=VALUE"), ("ratios=1", "unknown patch option"),
+                                            ("min_tokens=many", "expected a int")])
+def test_a_bad_option_is_a_usage_error_before_anything_is_built(option, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        dit_bench.main(["--model", "pixart", "--tiny", "--device", "cpu", "--option", option])
+    assert stop.value.code == 2 and message in capsys.readouterr().err

@@ -435,7 +435,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a patch option (repeatable), e.g. min_tokens=1024 (the bench's own default is "
                              "min_tokens=0: every block merges)")
     args = parser.parse_args(argv)
-    options = dict(_parse_option(text) for text in args.option)
+    try:
+        options = dict(_parse_option(text) for text in args.option)
+    except ValueError as error:
+        parser.error(str(error))  # exits 2 with the usage, before anything is built
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in SPECS if args.model == "all" else [args.model]:
@@ -455,7 +458,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
     name, sep, value = text.partition("=")
     if not sep:
-        raise SystemExit(f"--option expects NAME=VALUE, got {text!r}")
+        raise ValueError(f"--option expects NAME=VALUE, got {text!r}")
     return name.strip(), parse_option(name.strip(), value)
 
 
