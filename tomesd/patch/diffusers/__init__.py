@@ -48,8 +48,9 @@ from torch import nn
 
 from ...merge import cells_in_grid
 from ..state import PatchState
-from .hooks import merge_count, merged_submodules, patch_model, pooled_tokens, pools_keys_and_values, selected_blocks
-from .motion import level_limit, patch_motion_modules
+from .hooks import (level_grid, level_limit, merge_count, merged_submodules, patch_model, pooled_tokens,
+                    pools_keys_and_values, selected_blocks)
+from .motion import patch_motion_modules
 from .options import HELP, OPTIONS, DiffusersOptions
 from .table import MODELS, REFUSED, ModelKind, model_kind, motion_levels, temporal_containers
 from . import dit  # noqa: F401  (registers the DiT / MMDiT entries in MODELS and REFUSED)
@@ -95,7 +96,7 @@ def _warn_if_no_cell_fits(root: nn.Module, kind: ModelKind, opts: DiffusersOptio
     if not size or len(size) != 2:
         return
     levels = set(selected_blocks(root, kind, opts).values())
-    grids = {(-(-size[0] // level), -(-size[1] // level)) for level in levels}
+    grids = {level_grid(size[0], size[1], level) for level in levels}
     if levels and all(cells_in_grid(h, w, opts.sy, opts.sx) == 0 for h, w in grids):
         warnings.warn(
             f"tomesd: at {type(root).__name__}'s native latent size {size[0]}x{size[1]}, no block's token grid "
@@ -261,7 +262,7 @@ def merge_report(model: Any, latent_size: tuple[int, int], **options: Any) -> li
 def _motion_report(root: nn.Module, name: str, level: int, selected: bool, height: int, width: int,
                    opts: DiffusersOptions) -> BlockReport:
     """A motion module's row: its places merge as a whole module when ``merge_temporal`` is on."""
-    grid = (-(-height // level), -(-width // level))
+    grid = level_grid(height, width, level)
     tokens = grid[0] * grid[1]
     merged = merge_count(tokens, grid, opts) if selected and opts.merge_temporal else 0
     reason = "" if merged else ("motion module: merge_temporal=False" if not opts.merge_temporal
@@ -272,7 +273,7 @@ def _motion_report(root: nn.Module, name: str, level: int, selected: bool, heigh
 
 def _block_report(root: nn.Module, name: str, block: nn.Module, kind: ModelKind, level: int, selected: bool,
                   height: int, width: int, opts: DiffusersOptions) -> BlockReport:
-    grid = (-(-height // level), -(-width // level))  # as the hooks see it (block_grid)
+    grid = level_grid(height, width, level)  # as the hooks see it (block_grid)
     tokens = grid[0] * grid[1]
     block_kind = kind.block_kind(block)
     merged = merge_count(tokens, grid, opts) if selected else 0

@@ -42,7 +42,7 @@ from ...merge import (
     mergeable_count,
 )
 from ..state import PatchState
-from .hooks import SITE, BlockState, MergeInput, MergeSite, UnmergeOutput, _attach, _hook, merge_count
+from .hooks import SITE, BlockState, MergeInput, MergeSite, UnmergeOutput, _attach, _hook, level_grid, merge_count
 from .options import DiffusersOptions
 from .table import BASIC, MODELS, REFUSED, BlockKind, ModelKind
 
@@ -156,7 +156,7 @@ class FramedBlockState(BlockState):
 
     def frame_grid(self, tokens: int) -> tuple[int, int, int]:
         """(frames, h, w) of a block's ``tokens`` in the current forward (h, w from the latent's shape)."""
-        h, w = -(-self.context.height // self.level), -(-self.context.width // self.level)
+        h, w = level_grid(self.context.height, self.context.width, self.level)
         frames = tokens // (h * w)
         if frames * h * w != tokens:
             raise RuntimeError(f"tomesd: cannot place {tokens} tokens on frames of {h}x{w}")

@@ -35,16 +35,21 @@ def merge_count(tokens: int, grid: tuple[int, int], options: DiffusersOptions) -
     return min(int(tokens * options.ratio), mergeable_count(h, w, options.sy, options.sx, options.matching == "local"))
 
 
+def level_grid(height: int, width: int, level: int) -> tuple[int, int]:
+    """The (h, w) grid ``level`` times smaller than a ``height`` x ``width`` latent (rounded up)."""
+    return -(-height // level), -(-width // level)
+
+
 def block_grid(tokens: int, height: int, width: int, level: int) -> tuple[int, int]:
     """The (h, w) token grid of a block ``level`` times smaller than a ``height`` x ``width`` latent.
 
     Raises:
         RuntimeError: ``tokens`` fits no downsampling of the latent (a layout the table does not describe).
     """
-    h, w = -(-height // level), -(-width // level)
+    h, w = level_grid(height, width, level)
     if h * w != tokens:  # a layout we did not foresee: derive the factor from the token count
         level = max(1, round((height * width / max(tokens, 1)) ** 0.5))
-        h, w = -(-height // level), -(-width // level)
+        h, w = level_grid(height, width, level)
     if h * w != tokens:
         raise RuntimeError(f"tomesd: cannot place {tokens} tokens on the {height}x{width} latent grid")
     return h, w
@@ -229,10 +234,17 @@ def selected_blocks(root: nn.Module, kind: ModelKind, options: DiffusersOptions)
     """The blocks of ``root`` that get hooks, with their levels: those at or below ``max_downsample`` (or
     the finest level with a block, if none is that fine); every block when it is None."""
     levels = kind.locate(root, kind)
-    if not levels:
-        return {}
-    limit = max(levels.values()) if options.max_downsample is None else max(options.max_downsample, min(levels.values()))
+    limit = level_limit(levels, options)
     return {block: level for block, level in levels.items() if level <= limit}
+
+
+def level_limit(levels: dict[nn.Module, int], options: DiffusersOptions) -> int:
+    """The coarsest level that merges under ``max_downsample`` among ``levels`` (blocks or motion modules by
+    their level): every level when it is None, else the option or the finest level present, whichever is
+    coarser."""
+    if options.max_downsample is None or not levels:
+        return max(levels.values(), default=0)
+    return max(options.max_downsample, min(levels.values()))
 
 
 def merged_submodules(block: nn.Module, kind: BlockKind, options: DiffusersOptions) -> list[tuple[str, nn.Module]]:

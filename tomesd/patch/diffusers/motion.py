@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...merge import MergePlan, bipartite_soft_matching_random2d, cells_in_grid, hash32, hashed_cell_choice
 from ..state import PatchState
 from .context import LatentContext
-from .hooks import CONTEXT, _attach, _first, _hook, merge_count, repeat_per_frame
+from .hooks import CONTEXT, _attach, _first, _hook, level_limit, merge_count, repeat_per_frame
 from .options import DiffusersOptions
 from .table import ModelKind, motion_levels
 
@@ -56,14 +56,6 @@ class MotionState:
         metric = places(x).unflatten(0, (-1, frames)).mean(1)  # (B, h * w, C): the clip's mean frame
         plan = bipartite_soft_matching_random2d(metric, w, h, opts.sx, opts.sy, r, choice, opts.matching == "local")
         return repeat_per_frame(plan, frames)
-
-
-def level_limit(levels: dict[nn.Module, int], options: DiffusersOptions) -> int:
-    """The coarsest level that merges under ``max_downsample`` (the blocks' rule: every level when it is
-    None, else the option or the finest level present, whichever is coarser)."""
-    if options.max_downsample is None or not levels:
-        return max(levels.values(), default=0)
-    return max(options.max_downsample, min(levels.values()))
 
 
 def places(x: Tensor) -> Tensor:
