@@ -190,6 +190,8 @@ def test_bf16_autocast_trains(tokenizer):
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"lr": 0.0}, "lr > 0"),
     ({"warmup_steps": -1}, "warmup_steps >= 0"),
+    ({"encoder_lr": 0.0}, "encoder_lr must be > 0"),
+    ({"curriculum": 1.5}, "curriculum is a share of the steps"),
 ])
 def test_stage_options_are_checked(change, match):
     with pytest.raises(ValueError, match=match):
@@ -205,3 +207,19 @@ def test_stage_options_give_the_scripts_their_flags():
     options = StageOptions.from_args(parser.parse_args(["--steps", "7", "--bf16"]), answer_eos=False)
     assert (options.steps, options.autocast_dtype, options.answer_eos) == (7, torch.bfloat16, False)
     assert StageOptions.deadline(parser.parse_args([])) is None
+    options = StageOptions.from_args(parser.parse_args(["--encoder-lr", "3e-3", "--curriculum", "0.25"]))
+    assert (options.encoder_lr, options.curriculum) == (3e-3, 0.25)
+
+
+def test_encoder_learning_rate_applies_to_the_encoder_only(tokenizer):
+    """With ``encoder_lr`` the encoder's first AdamW step is that much larger than the adapters' (Adam's first
+    step moves every weight by about its learning rate, whatever the gradient's scale)."""
+    model, encoder, curriculum = _resumable_setup(tokenizer)
+    before = {n: p.detach().clone() for n, p in [*model.named_parameters(), *encoder.named_parameters()]
+              if p.requires_grad}
+    train(model, tokenizer, curriculum, 2, steps=1, batch_size=2, lr=1e-4, encoder=encoder, warmup_steps=0,
+          encoder_lr=1e-2)
+    moved = {n: (p.detach() - before[n]).abs().max().item()
+             for n, p in [*model.named_parameters(), *encoder.named_parameters()] if n in before}
+    assert max(v for n, v in moved.items() if "lora" in n) <= 1.01e-4
+    assert moved["down.weight"] > 5e-3  # the encoder's output layer took the 1e-2 step

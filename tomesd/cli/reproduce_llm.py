@@ -81,6 +81,8 @@ def _add_real(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", default="outputs/llm_real", help="checkpoints and resumable training state")
     parser.add_argument("--report", default="samples", help="where the table and JSON go")
     parser.add_argument("--nodes", type=int, nargs=2, default=[8, 16], help="tree sizes (min max)")
+    parser.add_argument("--train-nodes", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="training tree sizes (default: --nodes); smaller trees give --curriculum a start")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--questions", type=int, default=4, help="questions labelled per training tree")
     parser.add_argument("--train-trees", type=int, default=20000, help="training trees drawn (seed --seed)")

@@ -148,7 +148,8 @@ def run_real(args: argparse.Namespace) -> int:
     base, tokenizer = load_model(args.model)
     if args.grad_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    training = tree_examples(args.train_trees, *args.nodes, seed=args.seed, questions=args.questions)
+    training = tree_examples(args.train_trees, *(args.train_nodes or args.nodes), seed=args.seed,
+                             questions=args.questions)
     for stage in args.stages:
         if stage == "eval":
             evaluate_real(args, base, tokenizer)

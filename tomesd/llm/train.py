@@ -151,6 +151,7 @@ def train(
     deadline: float | None = None,
     autocast_dtype: torch.dtype | None = None,
     answer_eos: bool = True,
+    encoder_lr: float | None = None,
 ) -> list[float]:
     """Train every parameter of ``model`` and ``encoder`` that requires grad with AdamW.
 
@@ -167,6 +168,8 @@ def train(
         deadline: end this call at the first step boundary after this ``time.time()``, or ``None``.
         autocast_dtype: e.g. ``torch.bfloat16``: run the forward under CPU/CUDA autocast; ``None``: off.
         answer_eos: label an end of sequence after each answer (see :func:`encode_training_batch`).
+        encoder_lr: the encoder's peak learning rate (same schedule), or ``None`` for ``lr``: the encoder
+            starts from scratch while the adapters nudge a trained model, so it may want a larger step.
 
     Returns:
         The loss of every step done so far (earlier runs' included): ``len(...) == steps`` once finished.
@@ -177,7 +180,7 @@ def train(
     params = _trainable(model, encoder)
     if not params:
         raise ValueError("nothing to train: no parameter of the model or encoder requires grad")
-    optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(_param_groups(params, lr, encoder_lr), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, steps))
     state_path = Path(resume_dir) / TRAIN_STATE_FILE if resume_dir is not None else None
     losses: list[float] = []
@@ -237,6 +240,8 @@ class StageOptions:
     save_every_minutes: float = 5.0
     autocast_dtype: torch.dtype | None = None
     answer_eos: bool = True
+    encoder_lr: float | None = None
+    curriculum: float = 0.0
 
     def __post_init__(self) -> None:
         counts = {"steps": self.steps, "batch_size": self.batch_size, "lora_rank": self.lora_rank}
@@ -246,11 +251,16 @@ class StageOptions:
         if self.warmup_steps < 0 or self.lr <= 0 or self.save_every_minutes <= 0:
             raise ValueError(f"need warmup_steps >= 0, lr > 0 and save_every_minutes > 0, got {self.warmup_steps}, "
                              f"{self.lr} and {self.save_every_minutes}")
+        if self.encoder_lr is not None and self.encoder_lr <= 0:
+            raise ValueError(f"encoder_lr must be > 0 (or None for lr), got {self.encoder_lr}")
+        if not 0 <= self.curriculum <= 1:
+            raise ValueError(f"curriculum is a share of the steps in [0, 1], got {self.curriculum}")
 
     @classmethod
     def add_arguments(cls, parser: Any) -> None:
         """Add the options' flags (``--steps``, ``--batch-size``, ``--lr``, ``--warmup``, ``--lora-rank``,
-        ``--seed``, ``--save-every``, ``--bf16``) and ``--stop-after-minutes`` to an argparse parser."""
+        ``--seed``, ``--save-every``, ``--bf16``, ``--encoder-lr``, ``--curriculum``) and ``--stop-after-minutes``
+        to an argparse parser."""
         defaults = cls()
         parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of each stage")
         parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -261,6 +271,11 @@ class StageOptions:
         parser.add_argument("--save-every", type=float, default=defaults.save_every_minutes,
                             help="minutes between checkpoints")
         parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+        parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr,
+                            help="the K-token encoder's peak learning rate (default: --lr)")
+        parser.add_argument("--curriculum", type=float, default=defaults.curriculum, metavar="FRACTION",
+                            help="share of the steps over which the longest admitted context grows from the "
+                            "shortest training context to the longest (0: all lengths from the start)")
         parser.add_argument("--stop-after-minutes", type=float, default=None,
                             help="end this call cleanly after that many minutes (run it again to continue)")
 
@@ -269,7 +284,8 @@ class StageOptions:
         """The options of parsed :meth:`add_arguments` flags (``changes`` override fields)."""
         return cls(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                    lora_rank=args.lora_rank, seed=args.seed, save_every_minutes=args.save_every,
-                   autocast_dtype=torch.bfloat16 if args.bf16 else None, **changes)
+                   autocast_dtype=torch.bfloat16 if args.bf16 else None, encoder_lr=args.encoder_lr,
+                   curriculum=args.curriculum, **changes)
 
     @staticmethod
     def deadline(args: Any) -> float | None:
@@ -300,7 +316,8 @@ def train_stage(
     if (directory / DONE_FILE).is_file():
         return json.loads((directory / DONE_FILE).read_text())
     lengths = [len(ids) for ids in tokenizer([e.context for e in examples], add_special_tokens=False)["input_ids"]]
-    curriculum = LengthCurriculum(examples, lengths, max(lengths), 0, seed=options.seed)
+    curriculum = LengthCurriculum(examples, lengths, min(lengths), int(options.curriculum * options.steps),
+                                  seed=options.seed)
     torch.manual_seed(options.seed)
     encoder = KTokenEncoder(base.get_input_embeddings().embedding_dim, k) if k > 1 else None
     model = add_lora(base, rank=options.lora_rank, alpha=2 * options.lora_rank)
@@ -309,7 +326,8 @@ def train_stage(
         losses = train(model, tokenizer, curriculum, k, options.steps, options.batch_size, options.lr, encoder,
                        warmup_steps=options.warmup_steps, desc=f"LoRA{' + encoder' if encoder else ''} K={k}",
                        resume_dir=directory, save_every_minutes=options.save_every_minutes, deadline=deadline,
-                       autocast_dtype=options.autocast_dtype, answer_eos=options.answer_eos)
+                       autocast_dtype=options.autocast_dtype, answer_eos=options.answer_eos,
+                       encoder_lr=options.encoder_lr)
         with open(directory / RUNS_FILE, "a") as f:  # a resumed stage's wall time is the sum of its calls
             f.write(json.dumps({"minutes": (time.perf_counter() - began) / 60, "steps_done": len(losses)}) + "\n")
         if len(losses) < options.steps:
@@ -324,6 +342,15 @@ def train_stage(
     summary = {"k": k, "steps": options.steps, "train_minutes": sum(r["minutes"] for r in runs), "losses": losses}
     (directory / DONE_FILE).write_text(json.dumps(summary))
     return summary
+
+
+def _param_groups(params: dict[str, Tensor], lr: float, encoder_lr: float | None) -> list[dict[str, Any]]:
+    """The optimizer's groups: the model's parameters at ``lr``, the encoder's at ``encoder_lr`` (if set)."""
+    encoder_names = {name for name in params if name.startswith("encoder.")}
+    if encoder_lr is None or not encoder_names:
+        return [{"params": list(params.values())}]
+    return [{"params": [p for n, p in params.items() if n not in encoder_names]},
+            {"params": [params[n] for n in params if n in encoder_names], "lr": encoder_lr}]
 
 
 def _trainable(model: Any, encoder: KTokenEncoder | None) -> dict[str, Tensor]:
