@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm import tqdm
 
 from .compress import IGNORE_INDEX
 from .encoder import KTokenEncoder
@@ -96,7 +97,7 @@ def next_line_metrics(
         ``exact_match``: the share of examples whose greedy continuation's first line is the next line exactly.
     """
     loss_sum, tokens, matches = 0.0, 0, 0
-    for start in range(0, len(examples), batch_size):
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"next-line eval K={k}", unit="batch"):
         chunk = list(examples[start : start + batch_size])
         batch = encode_training_batch(tokenizer, chunk, answer_eos=False)
         labelled = int((batch["tail_labels"] != IGNORE_INDEX).sum())
