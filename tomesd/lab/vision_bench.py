@@ -176,9 +176,11 @@ def measure_compiled(case: Case, repeats: int, backend: str = "inductor") -> lis
     """
     model, timed_module, images = build(case)
     with torch.inference_mode():
+        base_flops = flops_per_image(model, timed_module, images[:1], None)
         base, base_compile_s = _first_compiled_call(timed_module, images, backend)
         rows = []
         for options in case.settings:
+            flop_ratio = base_flops / flops_per_image(model, timed_module, images[:1], options)
             patched_model, patched_module = copy.deepcopy((model, timed_module))
             tomesd.apply_patch(patched_model, **options)
             tome, tome_compile_s = _first_compiled_call(patched_module, images, backend)
@@ -191,7 +193,7 @@ def measure_compiled(case: Case, repeats: int, backend: str = "inductor") -> lis
                          "base_s": timings["compiled"].median, "tome_s": timings["compiled_tome"].median,
                          "speedup": timings["compiled_tome"].speedup_over(timings["compiled"]),
                          "eager_speedup": timings["eager_tome"].speedup_over(timings["eager"]),
-                         "base_compile_s": base_compile_s, "tome_compile_s": tome_compile_s,
+                         "flop_ratio": flop_ratio, "base_compile_s": base_compile_s, "tome_compile_s": tome_compile_s,
                          "max_deviation": deviation})
         return rows
 
@@ -210,15 +212,17 @@ def compiled_markdown(rows: list[dict], threads: int, repeats: int) -> str:
         f"Compiled unpatched vs compiled tomesd (torch.compile fullgraph=True, backend {rows[0]['backend']}), in one "
         f"process, interleaved with the same two models eager, median of {repeats} runs; fp32, {threads} thread(s), "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}; random weights. Compile time: "
-        "the first call, not in the medians.\n\n"
+        "the first call, not in the medians. FLOP ratio: unpatched / tomesd matmul, convolution and attention "
+        "FLOPs (torch's FlopCounterMode), the speed-up a FLOP-bound forward would get.\n\n"
         "| model | input | tomesd options | compiled img/s | compiled tomesd img/s | speed-up compiled "
-        "| speed-up eager | compile s (unpatched / tomesd) | max abs compiled - eager (tomesd) |\n"
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| speed-up eager | FLOP ratio | compile s (unpatched / tomesd) | max abs compiled - eager (tomesd) |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     lines = [
         f"| {row['case'].label} | bs {row['case'].batch}, {row['case'].resolution} px | {options_text(row['options'])} "
         f"| {row['case'].batch / row['base_s']:.3g} | {row['case'].batch / row['tome_s']:.3g} | {row['speedup']:.2f}x "
-        f"| {row['eager_speedup']:.2f}x | {row['base_compile_s']:.1f} / {row['tome_compile_s']:.1f} "
+        f"| {row['eager_speedup']:.2f}x | {row['flop_ratio']:.2f}x "
+        f"| {row['base_compile_s']:.1f} / {row['tome_compile_s']:.1f} "
         f"| {row['max_deviation']:.1e} |"
         for row in rows
     ]
