@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.llm_models import tiny_qwen
@@ -67,6 +68,31 @@ def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path,
     assert len(json.loads((work / "k4" / "done.json").read_text())["losses"]) == 3
     assert [run["steps_done"] for run in map(json.loads, (work / "k4" / "runs.jsonl").read_text().splitlines())] == [1, 3]
     assert (report / "llm_real_tree_model.md").read_text().startswith("| setting |")
+
+
+def test_the_k_stage_can_start_from_the_k1_adapters(tmp_path):
+    """``--k-from-k1``: the K stage's LoRA starts from the finished K=1 stage's weights (two steps at a tiny
+    learning rate later they still nearly equal K=1's, far from a fresh adapter's zero B matrices); without a finished k1 stage
+    the K stage is refused, nothing trained."""
+    from safetensors.torch import load_file
+
+    tokenizer = build_tree_tokenizer()
+    model_dir, work = tmp_path / "model", tmp_path / "work"
+    tiny_qwen(vocab=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    flags = ["--model", str(model_dir), "--work", str(work), "--report", str(tmp_path / "report"), "--nodes", "3",
+             "5", "--warmup", "0", "--eval-count", "4", "--train-trees", "40", "--k-from-k1"]
+    with pytest.raises(ValueError, match="the k1 stage is not finished"):
+        reproduce_llm(["real", *flags, "--stages", "k4", "--steps", "1"])
+    assert not (work / "k4").exists()
+    assert reproduce_llm(["real", *flags, "--stages", "k1", "--steps", "2", "--lr", "1e-2"]) == 0
+    assert reproduce_llm(["real", *flags, "--stages", "k4", "--steps", "2", "--lr", "1e-7"]) == 0
+    k1 = load_file(work / "k1" / "lora" / "adapter_model.safetensors")
+    k4 = load_file(work / "k4" / "lora" / "adapter_model.safetensors")
+    b = [name for name in k1 if "lora_B" in name]
+    assert b and set(b) <= set(k4)
+    assert any(k1[name].abs().max() > 1e-4 for name in b)  # K=1 trained its B matrices away from 0
+    assert all(torch.allclose(k4[name], k1[name], atol=1e-5) for name in b)  # a fresh adapter's B would be 0
 
 
 def test_examples_with_a_chat_template_and_a_trained_encoder(tmp_path):

@@ -85,6 +85,10 @@ def _add_real(parser: argparse.ArgumentParser) -> None:
                         help="training tree sizes (default: --nodes); smaller trees give --curriculum a start")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--questions", type=int, default=4, help="questions labelled per training tree")
+    parser.add_argument("--k-from-k1", action="store_true",
+                        help="start the K stage's LoRA from the finished K=1 stage's adapters (k1 runs first): the "
+                        "model already answers the task uncompressed and only learns to read merged tokens, as in "
+                        "the miniature")
     parser.add_argument("--train-trees", type=int, default=20000, help="training trees drawn (seed --seed)")
     parser.add_argument("--eval-count", type=int, default=200, help="held-out trees")
     parser.add_argument("--eval-batch", type=int, default=16)

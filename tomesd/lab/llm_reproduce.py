@@ -121,7 +121,8 @@ def evaluate_real(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[s
         k1, tokenizer, held_out, args.k, batch_size=args.eval_batch)
     base = k1.unload()
     encoder, k4 = load_checkpoint(Path(args.work) / f"k{args.k}", base)
-    rows[f"K={args.k}, encoder + LoRA"] = accuracy(k4, tokenizer, held_out, args.k, encoder, batch_size=args.eval_batch)
+    trained = f"K={args.k}, encoder + LoRA" + (" (LoRA started from K=1's)" if args.k_from_k1 else "")
+    rows[trained] = accuracy(k4, tokenizer, held_out, args.k, encoder, batch_size=args.eval_batch)
     k4.unload()
     lengths = [len(ids) for ids in tokenizer([e.context for e in held_out], add_special_tokens=False)["input_ids"]]
     minutes = {f"k{k}": json.loads((Path(args.work) / f"k{k}" / DONE_FILE).read_text())["train_minutes"]
@@ -150,15 +151,28 @@ def run_real(args: argparse.Namespace) -> int:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     training = tree_examples(args.train_trees, *(args.train_nodes or args.nodes), seed=args.seed,
                              questions=args.questions)
-    for stage in args.stages:
+    for stage in _stage_order(args):
         if stage == "eval":
             evaluate_real(args, base, tokenizer)
             continue
         k = 1 if stage == "k1" else args.k
-        if train_stage(base, tokenizer, training, k, Path(args.work) / f"k{k}", StageOptions.from_args(args), deadline) is None:
+        options = StageOptions.from_args(args)
+        if k > 1 and args.k_from_k1:
+            k1 = Path(args.work) / "k1"
+            if not (k1 / DONE_FILE).is_file():
+                raise ValueError(f"--k-from-k1: the k1 stage is not finished in {k1}; run it first (--stages k1 k4 eval)")
+            options = StageOptions.from_args(args, init_adapter=str(k1 / LORA_DIR))
+        if train_stage(base, tokenizer, training, k, Path(args.work) / f"k{k}", options, deadline) is None:
             print(f"stopped during stage {stage}; run the same command again to continue")
             return STOPPED
     return 0
+
+
+def _stage_order(args: argparse.Namespace) -> list[str]:
+    """``args.stages`` in the order they run: as given, but with ``--k-from-k1`` the K=1 stage first."""
+    if not args.k_from_k1:
+        return list(args.stages)
+    return sorted(args.stages, key=("k1", "k4", "eval").index)
 
 
 def run_code(args: argparse.Namespace) -> int:

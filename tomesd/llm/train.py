@@ -242,6 +242,7 @@ class StageOptions:
     answer_eos: bool = True
     encoder_lr: float | None = None
     curriculum: float = 0.0
+    init_adapter: str | None = None
 
     def __post_init__(self) -> None:
         counts = {"steps": self.steps, "batch_size": self.batch_size, "lora_rank": self.lora_rank}
@@ -320,7 +321,7 @@ def train_stage(
                                   seed=options.seed)
     torch.manual_seed(options.seed)
     encoder = KTokenEncoder(base.get_input_embeddings().embedding_dim, k) if k > 1 else None
-    model = add_lora(base, rank=options.lora_rank, alpha=2 * options.lora_rank)
+    model = _adapters(base, options)
     began = time.perf_counter()
     try:
         losses = train(model, tokenizer, curriculum, k, options.steps, options.batch_size, options.lr, encoder,
@@ -342,6 +343,22 @@ def train_stage(
     summary = {"k": k, "steps": options.steps, "train_minutes": sum(r["minutes"] for r in runs), "losses": losses}
     (directory / DONE_FILE).write_text(json.dumps(summary))
     return summary
+
+
+def _adapters(base: Any, options: StageOptions) -> Any:
+    """``base`` with trainable LoRA adapters: fresh ones, or a copy of ``options.init_adapter``'s (a PEFT folder).
+
+    Raises:
+        ValueError: ``init_adapter`` is not a PEFT adapter folder.
+    """
+    if options.init_adapter is None:
+        return add_lora(base, rank=options.lora_rank, alpha=2 * options.lora_rank)
+    from peft import PeftModel
+
+    if not (Path(options.init_adapter) / "adapter_config.json").is_file():
+        raise ValueError(f"--init-adapter {options.init_adapter}: no adapter_config.json there (a PEFT adapter "
+                         "folder, such as a finished k1 stage's lora/, is needed)")
+    return PeftModel.from_pretrained(base, options.init_adapter, is_trainable=True)
 
 
 def _param_groups(params: dict[str, Tensor], lr: float, encoder_lr: float | None) -> list[dict[str, Any]]:
