@@ -223,3 +223,13 @@ def test_encoder_learning_rate_applies_to_the_encoder_only(tokenizer):
              for n, p in [*model.named_parameters(), *encoder.named_parameters()] if n in before}
     assert max(v for n, v in moved.items() if "lora" in n) <= 1.01e-4
     assert moved["down.weight"] > 5e-3  # the encoder's output layer took the 1e-2 step
+
+
+def test_a_stage_refuses_an_initial_adapter_folder_that_holds_none(tokenizer, tmp_path):
+    from tomesd.llm.train import train_stage
+
+    model = tiny_qwen(vocab=len(tokenizer))
+    options = StageOptions(steps=1, init_adapter=str(tmp_path))
+    with pytest.raises(ValueError, match="no adapter_config.json there"):
+        train_stage(model, tokenizer, tree_examples(8, 3, 4, seed=0), 2, tmp_path / "k2", options)
+    assert not (tmp_path / "k2").exists() and not hasattr(model, "peft_config")

@@ -356,7 +356,7 @@ def _adapters(base: Any, options: StageOptions) -> Any:
     from peft import PeftModel
 
     if not (Path(options.init_adapter) / "adapter_config.json").is_file():
-        raise ValueError(f"--init-adapter {options.init_adapter}: no adapter_config.json there (a PEFT adapter "
+        raise ValueError(f"init_adapter {options.init_adapter}: no adapter_config.json there (a PEFT adapter "
                          "folder, such as a finished k1 stage's lora/, is needed)")
     return PeftModel.from_pretrained(base, options.init_adapter, is_trainable=True)
 
