@@ -72,8 +72,8 @@ def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path,
 
 def test_the_k_stage_can_start_from_the_k1_adapters(tmp_path):
     """``--k-from-k1``: the K stage's LoRA starts from the finished K=1 stage's weights (two steps at a tiny
-    learning rate later they still nearly equal K=1's, far from a fresh adapter's zero B matrices); without a finished k1 stage
-    the K stage is refused, nothing trained."""
+    learning rate later they still nearly equal K=1's, far from a fresh adapter's zero B matrices); without a
+    finished k1 stage the K stage is refused, nothing trained."""
     from safetensors.torch import load_file
 
     tokenizer = build_tree_tokenizer()

@@ -156,16 +156,23 @@ def run_real(args: argparse.Namespace) -> int:
             evaluate_real(args, base, tokenizer)
             continue
         k = 1 if stage == "k1" else args.k
-        options = StageOptions.from_args(args)
-        if k > 1 and args.k_from_k1:
-            k1 = Path(args.work) / "k1"
-            if not (k1 / DONE_FILE).is_file():
-                raise ValueError(f"--k-from-k1: the k1 stage is not finished in {k1}; run it first (--stages k1 k4 eval)")
-            options = StageOptions.from_args(args, init_adapter=str(k1 / LORA_DIR))
+        options = StageOptions.from_args(args, init_adapter=_k1_adapter(args) if k > 1 and args.k_from_k1 else None)
         if train_stage(base, tokenizer, training, k, Path(args.work) / f"k{k}", options, deadline) is None:
             print(f"stopped during stage {stage}; run the same command again to continue")
             return STOPPED
     return 0
+
+
+def _k1_adapter(args: argparse.Namespace) -> str:
+    """The finished K=1 stage's adapter folder, which ``--k-from-k1`` starts the K stage from.
+
+    Raises:
+        ValueError: the k1 stage is not finished in ``args.work``.
+    """
+    k1 = Path(args.work) / "k1"
+    if not (k1 / DONE_FILE).is_file():
+        raise ValueError(f"--k-from-k1: the k1 stage is not finished in {k1}; run it first (--stages k1 k4 eval)")
+    return str(k1 / LORA_DIR)
 
 
 def _stage_order(args: argparse.Namespace) -> list[str]:
