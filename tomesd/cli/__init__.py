@@ -27,6 +27,7 @@ COMMANDS = {
     "app": Command("tomesd.ui.__main__", "the A/B app in the browser: one prompt at several ratios side by side", "ui"),
     "bench": Command("tomesd.cli.bench", "U-Net / pipeline speed (and demo-model quality) against the baseline"),
     "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement", "vision"),
+    "frontier": Command("tomesd.cli.frontier", "the speed/quality frontier of the patch's settings, and the defaults rule"),
     "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
     "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image",
                                 "vision"),

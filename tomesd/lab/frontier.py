@@ -1,0 +1,429 @@
+"""The speed/quality frontier of the diffusers patch: the table, the Pareto front, the plot and the
+defaults rule behind ``tomesd frontier`` (and ``scripts/frontier.py``).
+
+Every candidate setting (this project's variants at several ratios, and tomesd 0.1.3 at the same ratios)
+is measured three ways, all by ``scripts/compare_worker.py`` run with each implementation's own
+interpreter, so that both are measured by the same code:
+
+* **speed**: one full-size U-Net forward (SD 1.5 / SDXL from their configs, random weights, batch 2),
+  interleaved with the same implementation's unpatched forward, median of the repetitions;
+* **deviation**: in the same runs, how far the patched U-Net's output moves from the unpatched one
+  (mean absolute difference over the mean absolute output): a worst case, random weights have no
+  redundancy for merging to exploit;
+* **image change** on the demo model (by default the textured one, whose stripes, checks, dots and outlines
+  give merging something to damage): the same prompts and seeds unpatched and merged, compared by PSNR,
+  SSIM and the fine-scale measures of :mod:`tomesd.lab.detail` (mean and worst image), and read by the demo
+  detector (adherence to all asked attributes, and to the texture words alone).
+
+A candidate is on the **frontier** of a speed measurement when no other candidate is at least as fast and
+changes the images at most as much (mean high-frequency error, :func:`tomesd.lab.detail.high_frequency_error`),
+one of the two strictly. :func:`default_rule` checks the rule the defaults must meet.
+
+Each part of the run (one implementation's images; one implementation's timings at one architecture and
+resolution) is written to ``OUT/parts/NAME.json`` with the spec it answers; a rerun with the same spec reuses
+it, so a stopped run resumes part by part.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tomesd.lab.bench import UNET_CONFIGS, machine_description, run_worker
+from tomesd.patch.diffusers.options import OPTIONS
+
+__all__ = [
+    "OURS", "QUALITY_KEY", "STANDARD_VARIANTS", "Candidate", "FrontierRun", "SpeedSpec", "default_rule",
+    "frontier_table", "mark_frontier", "parse_speed", "plot_frontier", "run_frontier",
+]
+
+OURS = "ours"
+#: The image-change measure the frontier is drawn against (lower is better).
+QUALITY_KEY = "hf_error"
+#: The variants measured unless told otherwise: the defaults and each default option turned off in turn.
+STANDARD_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("default", {}),
+    ("no-mlp", {"merge_mlp": False}),
+    ("no-kv-pool", {"kv_downsample": 1}),
+    ("finest-level", {"max_downsample": 1}),
+    ("global", {"matching": "global"}),
+)
+TEXTURE_ATTRIBUTES = ("texture", "background_texture")
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    """One speed measurement: an architecture of :data:`tomesd.lab.bench.UNET_CONFIGS` at a resolution, and
+    the ratios timed there (None: every ratio of the run)."""
+
+    arch: str
+    resolution: int
+    ratios: tuple[float, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch}:{self.resolution}"
+
+
+def parse_speed(text: str) -> SpeedSpec:
+    """``"sd15:512"`` or ``"sdxl:1024:0.5"`` (ratios after the resolution, ``+``-separated: ``0.3+0.5``).
+
+    Raises:
+        ValueError: an unknown architecture, a resolution that is not a positive multiple of 8, a ratio out
+            of (0, 1).
+    """
+    arch, _, rest = text.partition(":")
+    resolution, _, ratios = rest.partition(":")
+    if arch not in UNET_CONFIGS:
+        raise ValueError(f"speed {text!r}: architecture must be one of {', '.join(UNET_CONFIGS)}")
+    if not resolution.isdigit() or int(resolution) <= 0 or int(resolution) % 8:
+        raise ValueError(f"speed {text!r}: the resolution must be a positive multiple of 8 pixels, e.g. sd15:512")
+    chosen = None
+    if ratios:
+        try:
+            chosen = tuple(sorted(float(r) for r in ratios.split("+")))
+        except ValueError:
+            raise ValueError(f"speed {text!r}: ratios must be numbers joined by '+', e.g. sd15:1024:0.3+0.5") from None
+        if not all(0 < r < 1 for r in chosen):
+            raise ValueError(f"speed {text!r}: every ratio must be in (0, 1)")
+    return SpeedSpec(arch, int(resolution), chosen)
+
+
+@dataclass
+class Candidate:
+    """One setting and what was measured of it (the dictionaries are filled as the parts come in)."""
+
+    implementation: str  # OURS or "tomesd 0.1.3"
+    variant: str
+    ratio: float
+    options: dict[str, Any] = field(default_factory=dict)
+    speedup: dict[str, float] = field(default_factory=dict)  # SpeedSpec.key -> x
+    deviation: dict[str, float] = field(default_factory=dict)  # SpeedSpec.key -> relative mean |difference|
+    quality: dict[str, float] = field(default_factory=dict)  # see image_quality
+    frontier: dict[str, bool] = field(default_factory=dict)  # SpeedSpec.key -> on the front
+
+    @property
+    def label(self) -> str:
+        """A file-name-safe label, unique within one implementation."""
+        return f"{self.variant}-r{self.ratio:g}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.implementation} {self.variant} {self.ratio:g}"
+
+    def worker_setting(self) -> dict[str, Any]:
+        return {"label": self.label, "options": {"ratio": self.ratio, **self.options}}
+
+
+def make_candidates(ratios: Sequence[float], variants: Sequence[tuple[str, dict[str, Any]]],
+                    original: str | None) -> list[Candidate]:
+    """Every variant at every ratio for this project and, when ``original`` (0.1.3's implementation name)
+    is given, that implementation at the same ratios with its own defaults."""
+    candidates = [Candidate(OURS, label, r, dict(options)) for label, options in variants for r in ratios]
+    if original:
+        candidates += [Candidate(original, "default", r) for r in ratios]
+    return candidates
+
+
+# ---------------------------------------------------------------- resumable parts
+
+class Parts:
+    """``OUT/parts/NAME.json``: each part's spec and result; :meth:`get` reuses a part whose spec matches."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, name: str, spec: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = self.folder / f"{name}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved["spec"] == spec:
+                print(f"frontier: {name}: reusing {path}", file=sys.stderr, flush=True)
+                return saved["result"]
+        print(f"frontier: {name}: measuring", file=sys.stderr, flush=True)
+        result = measure()
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps({"spec": spec, "result": result}, indent=1))
+        partial.replace(path)  # a stopped run never leaves half a part
+        return result
+
+
+# ---------------------------------------------------------------- image change on the demo model
+
+def image_quality(reference: Sequence[Any], images: Sequence[Any], prompts: Sequence[str]) -> dict[str, float]:
+    """One setting's images against the unpatched ones: PSNR / SSIM (means), the detail measures (mean and
+    worst), adherence to every asked attribute and to the texture words alone."""
+    from tomesd.demo.adherence import adherence_details
+    from tomesd.lab.detail import summarize_detail
+    from tomesd.lab.quality import against_baseline
+
+    metrics = against_baseline(reference, images)
+    quality = {"psnr": metrics.psnr, "ssim": metrics.ssim}
+    for name, summary in summarize_detail(images, reference).items():
+        quality[name] = summary.mean
+        quality[f"{name}_worst"] = summary.worst
+    quality.update(adherence_scores(images, prompts))
+    return quality
+
+
+def adherence_scores(images: Sequence[Any], prompts: Sequence[str]) -> dict[str, float]:
+    """``adherence``: share of all asked attributes the detector finds; ``texture_adherence``: of the texture
+    words alone (NaN when no prompt names one)."""
+    from tomesd.demo.adherence import adherence_details
+
+    results = adherence_details(images, prompts)
+    matched = [ok for r in results for ok in r.matched.values()]
+    textures = [ok for r in results for name, ok in r.matched.items() if name in TEXTURE_ATTRIBUTES]
+    return {"adherence": sum(matched) / len(matched),
+            "texture_adherence": sum(textures) / len(textures) if textures else math.nan}
+
+
+def draw_part(python: Path, candidates: list[Candidate], model: Path, prompts: list[str], seed: int,
+              threads: int, folder: Path) -> dict[str, Any]:
+    """Every prompt drawn unpatched and under each candidate by the tomesd ``python`` imports."""
+    from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS
+
+    spec = {"mode": "images", "model": str(model), "prompts": prompts, "seed": seed, "size": DEFAULT_SIZE,
+            "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "batch": 8, "threads": threads,
+            "out": str(folder), "settings": [c.worker_setting() for c in candidates]}
+    return run_worker(python, spec)
+
+
+def fill_quality(candidates: list[Candidate], drawn: dict[str, Any], prompts: list[str]) -> dict[str, float]:
+    """Score each candidate's images of ``drawn`` (a :func:`draw_part` result); returns the unpatched images'
+    adherence."""
+    from PIL import Image
+
+    def load(files: list[str]) -> list[Any]:
+        return [Image.open(f).convert("RGB") for f in files]
+
+    reference = load(drawn["images"]["unpatched"])
+    for candidate in candidates:
+        candidate.quality = image_quality(reference, load(drawn["images"][candidate.label]), prompts)
+    return adherence_scores(reference, prompts)
+
+
+# ---------------------------------------------------------------- speed and deviation (full-size U-Nets)
+
+def speed_part(python: Path, candidates: list[Candidate], speed: SpeedSpec, repeats: int, threads: int) -> dict:
+    """One implementation's candidates timed at ``speed``, each against its own unpatched forward."""
+    spec = {"config": UNET_CONFIGS[speed.arch], "latent": speed.resolution // 8, "batch": 2, "threads": threads,
+            "repeats": repeats, "settings": [c.worker_setting() for c in candidates]}
+    return run_worker(python, spec)
+
+
+def fill_speed(candidates: list[Candidate], timed: dict[str, Any], speed: SpeedSpec) -> None:
+    by_label = {s["label"]: s for s in timed["settings"]}
+    for candidate in candidates:
+        if candidate.label in by_label:
+            candidate.speedup[speed.key] = by_label[candidate.label]["speedup"]
+            candidate.deviation[speed.key] = by_label[candidate.label]["deviation"]
+
+
+# ---------------------------------------------------------------- the front and the rule
+
+def mark_frontier(candidates: list[Candidate], key: str, quality_key: str = QUALITY_KEY) -> None:
+    """Set ``frontier[key]`` on every candidate measured at ``key``: True when no other one is at least as
+    fast and changes the images at most as much, one of the two strictly."""
+    measured = [c for c in candidates if key in c.speedup and quality_key in c.quality]
+    for c in measured:
+        c.frontier[key] = not any(
+            o.speedup[key] >= c.speedup[key] and o.quality[quality_key] <= c.quality[quality_key]
+            and (o.speedup[key] > c.speedup[key] or o.quality[quality_key] < c.quality[quality_key])
+            for o in measured
+        )
+
+
+#: The rule for the defaults (the quality issue): the speed each default must keep, eager.
+REQUIRED_SPEEDUP = {"sd15:512": 1.3, "sdxl:1024": 1.5}
+
+
+def default_rule(candidates: list[Candidate], original: str | None) -> list[tuple[str, bool | None, str]]:
+    """Check the defaults: on the frontier of every speed measured; images changed no more than by tomesd
+    0.1.3 at ratio 0.5 (PSNR no lower, high-frequency error no higher); SD 1.5 512 px >= 1.3x and SDXL 1024 px
+    >= 1.5x. Returns (criterion, passed or None when not measured, the figures)."""
+    ours = _find(candidates, OURS, "default", OPTIONS["ratio"])
+    checks: list[tuple[str, bool | None, str]] = []
+    if ours is None:
+        return [("the defaults were measured", False, f"no 'default' candidate at ratio {OPTIONS['ratio']:g}")]
+    for key, on in ours.frontier.items():
+        checks.append((f"on the frontier at {key}", on, f"{ours.speedup[key]:.2f}x, hf_error {ours.quality[QUALITY_KEY]:.3f}"))
+    reference = _find(candidates, original, "default", 0.5) if original else None
+    if reference is None or not reference.quality:
+        checks.append(("images changed no more than tomesd 0.1.3 at 0.5", None, "0.1.3 not measured"))
+    else:
+        for metric, better in (("psnr", max), (QUALITY_KEY, min)):
+            mine, theirs = ours.quality[metric], reference.quality[metric]
+            checks.append((f"{metric} no worse than tomesd 0.1.3 at 0.5", better(mine, theirs) == mine,
+                           f"{mine:.3f} vs {theirs:.3f}"))
+    for key, needed in REQUIRED_SPEEDUP.items():
+        got = ours.speedup.get(key)
+        checks.append((f"{key} speedup >= {needed}x", None if got is None else got >= needed,
+                       "not measured" if got is None else f"{got:.2f}x"))
+    return checks
+
+
+def _find(candidates: list[Candidate], implementation: str | None, variant: str, ratio: float) -> Candidate | None:
+    return next((c for c in candidates if (c.implementation, c.variant, c.ratio) == (implementation, variant, ratio)),
+                None)
+
+
+# ---------------------------------------------------------------- outputs
+
+def frontier_table(candidates: list[Candidate], speeds: Sequence[SpeedSpec], unpatched: dict[str, float]) -> str:
+    """One Markdown row per candidate: speedups (a star marks the frontier), deviations, image change."""
+    keys = [s.key for s in speeds]
+    header = ["implementation", "variant", "ratio", *[f"{k} speedup" for k in keys],
+              *[f"{k} deviation" for k in keys], "PSNR dB", "SSIM", "hf_error mean / worst", "GMSD mean / worst",
+              "hf kept", "adherence", "texture adh."]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines.append("| unpatched | | 0 | " + " | ".join(["1.00x"] * len(keys) + ["0"] * len(keys))
+                 + f" | inf | 1.000 | 0 / 0 | 0 / 0 | 1.00 | {unpatched['adherence']:.3f} | "
+                 f"{unpatched['texture_adherence']:.3f} |")
+    for c in candidates:
+        speed = [f"{c.speedup[k]:.2f}x" + (" *" if c.frontier.get(k) else "") if k in c.speedup else "-" for k in keys]
+        deviation = [f"{c.deviation[k]:.3f}" if k in c.deviation else "-" for k in keys]
+        q = c.quality
+        lines.append("| " + " | ".join([
+            c.implementation, c.variant, f"{c.ratio:g}", *speed, *deviation, f"{q['psnr']:.2f}", f"{q['ssim']:.3f}",
+            f"{q['hf_error']:.3f} / {q['hf_error_worst']:.3f}", f"{q['gmsd']:.3f} / {q['gmsd_worst']:.3f}",
+            f"{q['hf_retained']:.2f}", f"{q['adherence']:.3f}", f"{q['texture_adherence']:.3f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rule_text(checks: list[tuple[str, bool | None, str]]) -> str:
+    marks = {True: "yes", False: "NO", None: "not measured"}
+    return "\n".join(f"- {criterion}: {marks[passed]} ({figures})" for criterion, passed, figures in checks) + "\n"
+
+
+def plot_frontier(candidates: list[Candidate], speeds: Sequence[SpeedSpec], path: Path) -> None:
+    """A PNG: for each speed measurement, speedup against image change on the demo model (top) and against the
+    random-weights deviation (bottom); one line per (implementation, variant) over the ratios, the frontier
+    drawn dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.6 * len(speeds), 8), layout="constrained")
+    axes = figure.subplots(2, len(speeds), squeeze=False)
+    groups = dict.fromkeys((c.implementation, c.variant) for c in candidates)
+    for column, speed in enumerate(speeds):
+        key = speed.key
+        for row, (measure, label) in enumerate(((lambda c: c.quality.get(QUALITY_KEY), "image change on the demo "
+                                                 "model: mean high-frequency error"),
+                                                (lambda c: c.deviation.get(key), f"{key} random-weights deviation"))):
+            ax = axes[row][column]
+            for implementation, variant in groups:
+                points = [c for c in candidates if (c.implementation, c.variant) == (implementation, variant)
+                          and key in c.speedup and measure(c) is not None]
+                if points:
+                    ax.plot([measure(c) for c in points], [c.speedup[key] for c in points], marker="o",
+                            label=f"{implementation} {variant}")
+                    for c in points:
+                        ax.annotate(f"{c.ratio:g}", (measure(c), c.speedup[key]), fontsize=6,
+                                    xytext=(3, 3), textcoords="offset points")
+            if row == 0:
+                front = sorted((c for c in candidates if c.frontier.get(key)), key=lambda c: c.quality[QUALITY_KEY])
+                ax.plot([c.quality[QUALITY_KEY] for c in front], [c.speedup[key] for c in front], color="black",
+                        linestyle="--", linewidth=0.8, label="frontier")
+            ax.set(xlabel=label + " (lower is closer)", ylabel=f"{key} speedup (x)", title=f"{key} px")
+            ax.xaxis.label.set_fontsize(8)
+            ax.legend(fontsize=6)
+    figure.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass(frozen=True)
+class FrontierRun:
+    """What one frontier run measures (see :func:`run_frontier`).
+
+    Attributes:
+        model: the demo pipeline folder the images are drawn with (the textured model).
+        ratios: merge ratios of every candidate.
+        variants: (label, patch options) of this project's candidates.
+        speeds: the speed measurements.
+        count: prompts drawn per setting (textured held-out captions unless ``textures`` is False).
+        original: tomesd 0.1.3's interpreter (``scripts/setup_tomesd013.sh``), or None to leave it out.
+        repeats, threads, seed: timing repetitions, torch CPU threads, the prompts' and images' seed.
+        out: the output folder.
+    """
+
+    model: Path
+    ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+    variants: tuple[tuple[str, dict[str, Any]], ...] = STANDARD_VARIANTS
+    speeds: tuple[SpeedSpec, ...] = (SpeedSpec("sd15", 512),)
+    count: int = 24
+    textures: bool = True
+    original: Path | None = None
+    repeats: int = 3
+    threads: int = 2
+    seed: int = 0
+    out: Path = Path("samples/frontier")
+
+
+def run_frontier(run: FrontierRun) -> str:
+    """Measure every part (reusing the finished ones), mark the frontier, check the defaults rule, write
+    ``frontier.md``, ``frontier.json`` and ``frontier.png`` to ``run.out``; returns the Markdown."""
+    from tomesd.demo.shapes import evaluation_captions
+
+    python = {OURS: Path(sys.executable)}
+    original = None
+    if run.original is not None:
+        original = "tomesd 0.1.3"
+        python[original] = run.original
+    candidates = make_candidates(run.ratios, run.variants, original)
+    by_implementation = {name: [c for c in candidates if c.implementation == name] for name in python}
+    prompts = evaluation_captions(run.count, "held_out", run.seed, textures=run.textures)
+    parts = Parts(run.out / "parts")
+    unpatched: dict[str, float] = {}
+    for name, exe in python.items():
+        slug = name.replace(" ", "-")
+        own = by_implementation[name]
+        spec = {"model": str(run.model), "prompts": prompts, "seed": run.seed,
+                "settings": [c.worker_setting() for c in own]}
+        drawn = parts.get(f"images-{slug}", spec, lambda: draw_part(exe, own, run.model, prompts, run.seed,
+                                                                     run.threads, run.out / "images" / slug))
+        reference_adherence = fill_quality(own, drawn, prompts)
+        unpatched = unpatched or reference_adherence
+    for speed in run.speeds:
+        for name, exe in python.items():
+            own = [c for c in by_implementation[name] if speed.ratios is None or c.ratio in speed.ratios]
+            spec = {"speed": asdict(speed), "repeats": run.repeats, "threads": run.threads,
+                    "settings": [c.worker_setting() for c in own]}
+            timed = parts.get(f"speed-{name.replace(' ', '-')}-{speed.arch}-{speed.resolution}", spec,
+                              lambda: speed_part(exe, own, speed, run.repeats, run.threads))
+            fill_speed(own, timed, speed)
+        mark_frontier(candidates, speed.key)
+    checks = default_rule(candidates, original)
+    return write_frontier(run, candidates, unpatched, checks)
+
+
+def write_frontier(run: FrontierRun, candidates: list[Candidate], unpatched: dict[str, float],
+                   checks: list[tuple[str, bool | None, str]]) -> str:
+    run.out.mkdir(parents=True, exist_ok=True)
+    text = (
+        f"Speed: one full-size U-Net forward (random weights, batch 2, fp32), median of {run.repeats} interleaved "
+        f"with the same implementation's unpatched forward; deviation: mean |patched - unpatched output| / mean "
+        f"|unpatched output| in those runs. Image change: {run.count} held-out "
+        f"{'textured ' if run.textures else ''}prompts on `{run.model}`, each against the unpatched image of the "
+        f"same seed (PSNR, SSIM: means; hf_error: energy of the difference above 1/8 cycle per pixel over the "
+        f"reference's; GMSD: gradient magnitude similarity deviation; hf kept: fine-scale energy kept; adherence: "
+        f"share of asked attributes the detector finds). `*`: on the frontier of that speed against mean "
+        f"hf_error. {machine_description('cpu', 'float32', run.repeats, 0)}.\n\n"
+        + frontier_table(candidates, run.speeds, unpatched)
+        + "\nThe defaults rule (ratio "
+        f"{OPTIONS['ratio']:g}, every other option at its default):\n\n" + rule_text(checks)
+    )
+    (run.out / "frontier.md").write_text(text)
+    (run.out / "frontier.json").write_text(json.dumps(
+        {"command": " ".join(sys.argv), "unpatched": unpatched, "candidates": [asdict(c) for c in candidates],
+         "rule": checks}, indent=1))
+    plot_frontier(candidates, run.speeds, run.out / "frontier.png")
+    return text
