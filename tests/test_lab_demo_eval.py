@@ -32,6 +32,20 @@ def test_a_tiny_evaluation_writes_its_report_json_and_grids(tmp_path, capsys):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_textured_prompts_on_another_model_folder(tiny_pipeline_dir, tmp_path):
+    """--textures draws the textured held-out captions (the per-attribute line then scores the texture words),
+    --model another pipeline folder (a tiny one here: what it draws is noise, the plumbing is the point)."""
+    from tomesd.demo.shapes import evaluation_captions
+
+    out = tmp_path / "demo"
+    assert evaluate_main(["--count", "6", "--ratios", "0", "--steps", "1", "--size", "32", "--batch", "6",
+                          "--textures", "--model", str(tiny_pipeline_dir), "--out", str(out)]) == 0
+    result = json.loads((out / "quality.json").read_text())
+    assert result["prompts"] == evaluation_captions(6, "held_out", 0, textures=True)
+    assert "texture" in result["per_attribute_ratio0"] and result["settings"]["model"] == str(tiny_pipeline_dir)
+    assert (out / "quality.md").read_text().startswith("6 held-out textured prompts, 32x32 px, 1 steps")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--ratios", "0.5"], "the ratios must include 0"),
     (["--ratios", "0", "1.5"], "ratio 1.5 is out of range"),

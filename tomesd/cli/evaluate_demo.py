@@ -33,6 +33,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=default.seed)
     parser.add_argument("--threads", type=int, default=default.threads)
     parser.add_argument("--out", type=Path, default=default.out)
+    parser.add_argument("--textures", action="store_true", help="textured prompts (stripes, checks, dots, ...)")
+    parser.add_argument("--model", type=Path, help="a pipeline folder of tomesd train-demo --out (default: the "
+                        "shipped demo model)")
     return parser
 
 

@@ -44,6 +44,9 @@ class DemoEvaluation:
         seed: image ``i`` always uses seed ``seed + i``; also picks the prompts.
         threads: torch CPU threads.
         out: the output folder.
+        textures: prompts from the textured set (striped, checked, dotted, gradient, outlined) instead of
+            plain shapes.
+        model: a pipeline folder written by ``tomesd train-demo --out`` (None: the shipped demo model).
     """
 
     count: int = 24
@@ -56,6 +59,8 @@ class DemoEvaluation:
     seed: int = 0
     threads: int = 1
     out: Path = field(default_factory=lambda: Path("samples/demo"))
+    textures: bool = False
+    model: Path | None = None
 
     def __post_init__(self) -> None:
         ratios = tuple(sorted({check_ratio(ratio) for ratio in self.ratios}))
@@ -117,8 +122,8 @@ def run_evaluation(evaluation: DemoEvaluation, pipe: Any = None) -> str:
 
     torch.set_num_threads(evaluation.threads)
     evaluation.out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline() if pipe is None else pipe
-    prompts = evaluation_captions(evaluation.count, evaluation.split, evaluation.seed)
+    pipe = load_pipeline(folder=evaluation.model) if pipe is None else pipe
+    prompts = evaluation_captions(evaluation.count, evaluation.split, evaluation.seed, textures=evaluation.textures)
     images: dict[float, list[np.ndarray]] = {}
     rows = []
     for ratio in evaluation.ratios:
@@ -150,7 +155,7 @@ def run_evaluation(evaluation: DemoEvaluation, pipe: Any = None) -> str:
 
 
 def _per_attribute(results: list[AdherenceResult]) -> dict[str, float]:
-    """Adherence of each attribute (size, colour, shape, background) separately."""
+    """Adherence of each attribute (size, colour, shape, background, and the textures when asked) separately."""
     names = sorted({name for r in results for name in r.asked})
     return {n: float(np.mean([r.matched[n] for r in results if n in r.asked])) for n in names}
 
@@ -158,7 +163,7 @@ def _per_attribute(results: list[AdherenceResult]) -> dict[str, float]:
 def _markdown(rows: list[dict], chance: float, per_attribute: dict[str, float], evaluation: DemoEvaluation) -> str:
     e = evaluation
     lines = [
-        f"{e.count} {e.split.replace('_', '-')} prompts, {e.size}x{e.size} px, {e.steps} steps, "
+        f"{e.count} {e.split.replace('_', '-')} {'textured ' if e.textures else ''}prompts, {e.size}x{e.size} px, {e.steps} steps, "
         f"guidance {e.guidance}, float32, {e.threads} thread(s), seeds {e.seed}..{e.seed + e.count - 1}",
         "",
         "| ratio | adherence | PSNR vs ratio 0 (dB) | SSIM vs ratio 0 |",
