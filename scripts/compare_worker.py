@@ -20,7 +20,7 @@ local diffusers pipeline folder, and writes them as PNG files::
               "steps": 20, "guidance": 5.0, "batch": 8, "threads": 2, "out": "dir", "settings": [...]}
     result = {"tomesd": "0.1.3", "images": {"unpatched": ["dir/unpatched/0.png", ...], label: [...]}}
 
-Prompt ``i`` always uses seed ``seed + i``.
+Prompt ``i`` always uses seed ``seed + i``. ``"unpatched": false`` leaves the unpatched images out.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def draw_images(spec: dict) -> dict:
     pipe.set_progress_bar_config(disable=True)
     prompts, out = spec["prompts"], Path(spec["out"])
     files: dict[str, list[str]] = {}
-    for setting in [{"label": BASELINE, "options": None}, *spec["settings"]]:
+    baseline = [{"label": BASELINE, "options": None}] if spec.get("unpatched", True) else []
+    for setting in [*baseline, *spec["settings"]]:
         tomesd.remove_patch(pipe)
         if setting["options"] is not None:
             tomesd.apply_patch(pipe, **setting["options"])

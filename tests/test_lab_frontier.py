@@ -133,5 +133,14 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     # the same command again measures nothing: every part is reused, the report is the same
     assert frontier_main(argv) == 0
     again = capsys.readouterr()
-    assert "measuring" not in again.err and again.err.count("reusing") == 4
+    # one part per candidate's images, one for each implementation's unpatched images, one per speed run
+    assert len(list((out / "parts").iterdir())) == len(by_name) + 2 + 2
+    assert "measuring" not in again.err and again.err.count("reusing") == len(by_name) + 2
     assert json.loads((out / "frontier.json").read_text())["candidates"] == report["candidates"]
+    # one more variant: only its images and its timing are measured, in a part of their own
+    assert frontier_main([*argv, "--variant", "kv1:min_tokens=0,kv_downsample=1"]) == 0
+    more = capsys.readouterr().err
+    assert more.count("measuring") == 2 and "images-ours-kv1-r0.5: measuring" in more
+    assert "speed-ours-sd15-128-1: measuring" in more
+    kv1 = next(c for c in json.loads((out / "frontier.json").read_text())["candidates"] if c["variant"] == "kv1")
+    assert kv1["deviation"]["sd15:128"] > 0 and kv1["quality"]["psnr"] < math.inf

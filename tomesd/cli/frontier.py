@@ -37,8 +37,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="another candidate of ours (repeatable), besides the standard ones: "
                              + ", ".join(label for label, _ in STANDARD_VARIANTS))
-    parser.add_argument("--speed", nargs="+", default=["sd15:512"], metavar="ARCH:PX[:R+R]",
-                        help="U-Net speed measurements, e.g. sd15:512 (every ratio) or sdxl:1024:0.5 (that ratio only)")
+    parser.add_argument("--speed", nargs="*", default=["sd15:512"], metavar="ARCH:PX[:R+R]",
+                        help="U-Net speed measurements, e.g. sd15:512 (every ratio) or sdxl:1024:0.5 (that ratio only); "
+                             "none: the images only")
     parser.add_argument("--count", type=int, default=24, help="held-out prompts drawn per setting")
     parser.add_argument("--plain", action="store_true", help="plain-shape prompts instead of textured ones")
     parser.add_argument("--repeats", type=int, default=3)

@@ -26,6 +26,7 @@ it, so a stopped run resumes part by part.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -132,7 +133,8 @@ def make_candidates(ratios: Sequence[float], variants: Sequence[tuple[str, dict[
 # ---------------------------------------------------------------- resumable parts
 
 class Parts:
-    """``OUT/parts/NAME.json``: each part's spec and result; :meth:`get` reuses a part whose spec matches."""
+    """``OUT/parts/NAME.json``: each part's spec and result. :meth:`get` reuses a part whose spec matches;
+    :meth:`like` lists the parts of one kind, so that a run measures only what none of them holds."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -151,6 +153,25 @@ class Parts:
         partial.write_text(json.dumps({"spec": spec, "result": result}, indent=1))
         partial.replace(path)  # a stopped run never leaves half a part
         return result
+
+    def like(self, prefix: str, fixed: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(name, spec, result) of every part named ``prefix-N`` whose spec has the items of ``fixed``."""
+        found = []
+        for path in sorted(self.folder.glob(f"{prefix}-*.json")):
+            if path.stem[len(prefix) + 1:].isdigit():
+                saved = json.loads(path.read_text())
+                if all(saved["spec"].get(key) == value for key, value in fixed.items()):
+                    found.append((path.stem, saved["spec"], saved["result"]))
+        return found
+
+
+def fingerprint(folder: Path) -> str:
+    """A short hash of every file in ``folder`` (names and bytes): a retrained model gets new images."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- image change on the demo model
@@ -183,28 +204,42 @@ def adherence_scores(images: Sequence[Any], prompts: Sequence[str]) -> dict[str,
             "texture_adherence": sum(textures) / len(textures) if textures else math.nan}
 
 
-def draw_part(python: Path, candidates: list[Candidate], model: Path, prompts: list[str], seed: int,
+def draw_part(python: Path, candidate: Candidate | None, model: Path, prompts: list[str], seed: int,
               threads: int, folder: Path) -> dict[str, Any]:
-    """Every prompt drawn unpatched and under each candidate by the tomesd ``python`` imports."""
+    """Every prompt drawn under ``candidate`` (None: unpatched) by the tomesd ``python`` imports, as PNG files
+    in ``folder / label``; returns the files."""
     from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS
 
     spec = {"mode": "images", "model": str(model), "prompts": prompts, "seed": seed, "size": DEFAULT_SIZE,
             "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "batch": 8, "threads": threads,
-            "out": str(folder), "settings": [c.worker_setting() for c in candidates]}
-    return run_worker(python, spec)
+            "out": str(folder), "unpatched": candidate is None,
+            "settings": [] if candidate is None else [candidate.worker_setting()]}
+    images = run_worker(python, spec)["images"]
+    return {"files": images["unpatched" if candidate is None else candidate.label]}
 
 
-def fill_quality(candidates: list[Candidate], drawn: dict[str, Any], prompts: list[str]) -> dict[str, float]:
-    """Score each candidate's images of ``drawn`` (a :func:`draw_part` result); returns the unpatched images'
-    adherence."""
+def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candidate], run: "FrontierRun",
+                   prompts: list[str]) -> dict[str, float]:
+    """Draw (or reuse) the unpatched images and each candidate's, one part each, and score every candidate;
+    returns the unpatched images' adherence."""
     from PIL import Image
 
     def load(files: list[str]) -> list[Any]:
         return [Image.open(f).convert("RGB") for f in files]
 
-    reference = load(drawn["images"]["unpatched"])
+    common = {"model": fingerprint(run.model), "prompts": prompts, "seed": run.seed}
+    folder = run.out / "images" / slug
+
+    def drawn(candidate: Candidate | None) -> list[Any]:
+        name = f"images-{slug}-{'unpatched' if candidate is None else candidate.label}"
+        spec = common if candidate is None else {**common, "setting": candidate.worker_setting()}
+        part = parts.get(name, spec, lambda: draw_part(python, candidate, run.model, prompts, run.seed, run.threads,
+                                                       folder))
+        return load(part["files"])
+
+    reference = drawn(None)
     for candidate in candidates:
-        candidate.quality = image_quality(reference, load(drawn["images"][candidate.label]), prompts)
+        candidate.quality = image_quality(reference, drawn(candidate), prompts)
     return adherence_scores(reference, prompts)
 
 
@@ -217,12 +252,29 @@ def speed_part(python: Path, candidates: list[Candidate], speed: SpeedSpec, repe
     return run_worker(python, spec)
 
 
-def fill_speed(candidates: list[Candidate], timed: dict[str, Any], speed: SpeedSpec) -> None:
-    by_label = {s["label"]: s for s in timed["settings"]}
-    for candidate in candidates:
-        if candidate.label in by_label:
-            candidate.speedup[speed.key] = by_label[candidate.label]["speedup"]
-            candidate.deviation[speed.key] = by_label[candidate.label]["deviation"]
+def measure_speed(parts: Parts, slug: str, python: Path, candidates: list[Candidate], speed: SpeedSpec,
+                  run: "FrontierRun") -> None:
+    """Fill each candidate's speedup and deviation at ``speed`` from the parts that timed it, timing the
+    ones none did (with their own interleaved baseline) as one new part."""
+    prefix = f"speed-{slug}-{speed.arch}-{speed.resolution}"
+    fixed = {"arch": speed.arch, "resolution": speed.resolution, "repeats": run.repeats, "threads": run.threads}
+    wanted = [c for c in candidates if speed.ratios is None or c.ratio in speed.ratios]
+
+    def timed() -> dict[str, dict[str, Any]]:
+        """The worker's entry of every setting some part timed, by the setting."""
+        return {json.dumps(setting, sort_keys=True): entry for _, spec, result in parts.like(prefix, fixed)
+                for setting, entry in zip(spec["settings"], result["settings"])}
+
+    missing = [c for c in wanted if json.dumps(c.worker_setting(), sort_keys=True) not in timed()]
+    if missing:
+        spec = {**fixed, "settings": [c.worker_setting() for c in missing]}
+        parts.get(f"{prefix}-{len(parts.like(prefix, {}))}", spec,
+                  lambda: speed_part(python, missing, speed, run.repeats, run.threads))
+    entries = timed()
+    for candidate in wanted:
+        entry = entries[json.dumps(candidate.worker_setting(), sort_keys=True)]
+        candidate.speedup[speed.key] = entry["speedup"]
+        candidate.deviation[speed.key] = entry["deviation"]
 
 
 # ---------------------------------------------------------------- the front and the rule
@@ -282,9 +334,9 @@ def frontier_table(candidates: list[Candidate], speeds: Sequence[SpeedSpec], unp
               *[f"{k} deviation" for k in keys], "PSNR dB", "SSIM", "hf_error mean / worst", "GMSD mean / worst",
               "hf kept", "adherence", "texture adh."]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines.append("| unpatched | | 0 | " + " | ".join(["1.00x"] * len(keys) + ["0"] * len(keys))
-                 + f" | inf | 1.000 | 0 / 0 | 0 / 0 | 1.00 | {unpatched['adherence']:.3f} | "
-                 f"{unpatched['texture_adherence']:.3f} |")
+    lines.append("| " + " | ".join(["unpatched", "", "0", *["1.00x"] * len(keys), *["0"] * len(keys), "inf", "1.000",
+                                    "0 / 0", "0 / 0", "1.00", f"{unpatched['adherence']:.3f}",
+                                    f"{unpatched['texture_adherence']:.3f}"]) + " |")
     for c in candidates:
         speed = [f"{c.speedup[k]:.2f}x" + (" *" if c.frontier.get(k) else "") if k in c.speedup else "-" for k in keys]
         deviation = [f"{c.deviation[k]:.3f}" if k in c.deviation else "-" for k in keys]
@@ -310,6 +362,14 @@ def plot_frontier(candidates: list[Candidate], speeds: Sequence[SpeedSpec], path
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    if not speeds:  # images only: each candidate's image change
+        figure = Figure(figsize=(6.4, 0.3 * len(candidates) + 1), layout="constrained")
+        ax = figure.subplots()
+        ax.barh([c.name for c in candidates], [c.quality[QUALITY_KEY] for c in candidates])
+        ax.set(xlabel="image change on the demo model: mean high-frequency error (lower is closer)")
+        ax.tick_params(labelsize=7)
+        figure.savefig(path, dpi=110)
+        return
     figure = Figure(figsize=(4.6 * len(speeds), 8), layout="constrained")
     axes = figure.subplots(2, len(speeds), squeeze=False)
     groups = dict.fromkeys((c.implementation, c.variant) for c in candidates)
@@ -384,25 +444,18 @@ def run_frontier(run: FrontierRun) -> str:
     parts = Parts(run.out / "parts")
     unpatched: dict[str, float] = {}
     for name, exe in python.items():
-        slug = name.replace(" ", "-")
-        own = by_implementation[name]
-        spec = {"model": str(run.model), "prompts": prompts, "seed": run.seed,
-                "settings": [c.worker_setting() for c in own]}
-        drawn = parts.get(f"images-{slug}", spec, lambda: draw_part(exe, own, run.model, prompts, run.seed,
-                                                                     run.threads, run.out / "images" / slug))
-        reference_adherence = fill_quality(own, drawn, prompts)
+        reference_adherence = measure_images(parts, slug(name), exe, by_implementation[name], run, prompts)
         unpatched = unpatched or reference_adherence
     for speed in run.speeds:
         for name, exe in python.items():
-            own = [c for c in by_implementation[name] if speed.ratios is None or c.ratio in speed.ratios]
-            spec = {"speed": asdict(speed), "repeats": run.repeats, "threads": run.threads,
-                    "settings": [c.worker_setting() for c in own]}
-            timed = parts.get(f"speed-{name.replace(' ', '-')}-{speed.arch}-{speed.resolution}", spec,
-                              lambda: speed_part(exe, own, speed, run.repeats, run.threads))
-            fill_speed(own, timed, speed)
+            measure_speed(parts, slug(name), exe, by_implementation[name], speed, run)
         mark_frontier(candidates, speed.key)
     checks = default_rule(candidates, original)
     return write_frontier(run, candidates, unpatched, checks)
+
+
+def slug(implementation: str) -> str:
+    return implementation.replace(" ", "-")
 
 
 def write_frontier(run: FrontierRun, candidates: list[Candidate], unpatched: dict[str, float],
