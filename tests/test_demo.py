@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 
 import tomesd
 import tomesd.demo
-from tomesd.demo import DEFAULT_SIZE, DEMO_MODEL_DIR, EXAMPLE_PROMPTS, load_pipeline
+from tomesd.demo import DEFAULT_SIZE, DEMO_MODEL_DIR, EXAMPLE_PROMPTS, TEXTURED_MODEL_DIR, load_pipeline
 from tomesd.demo.__main__ import main as cli
 from tomesd.demo.adherence import adherence
 from tomesd.demo.detector import detect, read_texture
@@ -221,9 +221,10 @@ def test_plain_words_tokenizer_is_the_shipped_one(pipe):
 
 # --- the shipped pipeline ----------------------------------------------------------------------------------
 
-def test_shipped_folder_is_small_standard_and_safetensors_only():
-    files = [f for f in DEMO_MODEL_DIR.rglob("*") if f.is_file()]
-    names = {f.relative_to(DEMO_MODEL_DIR).parts[0] for f in files}
+@pytest.mark.parametrize("folder", [DEMO_MODEL_DIR, TEXTURED_MODEL_DIR], ids=["plain", "textured"])
+def test_shipped_folder_is_small_standard_and_safetensors_only(folder):
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    names = {f.relative_to(folder).parts[0] for f in files}
     assert {"model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= names
     weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
     assert weights and all(f.suffix == ".safetensors" for f in weights)
@@ -333,6 +334,34 @@ def test_texture_stages_resume_exactly_and_export_a_loadable_pipeline(tmp_path):
     assert len(pipe.tokenizer.tokenize("a red and white checked circle on a blue gradient background")) == 11
     image = _tiny(pipe, "a red and white checked circle on a blue gradient background", seed=0)
     assert np.isfinite(image).all()
+
+
+def test_the_textured_model_loads_knows_the_texture_words_and_draws(pipe):
+    textured = load_pipeline(folder=TEXTURED_MODEL_DIR)
+    caption = "a red and white checked circle on a blue gradient background"
+    assert len(textured.tokenizer.tokenize(caption)) == 11  # one token per word
+    plain_caption = "a small red triangle on a blue background"
+    assert textured.tokenizer.tokenize(plain_caption) == pipe.tokenizer.tokenize(plain_caption)
+    assert type(textured.unet.down_blocks[0]).__name__ == "CrossAttnDownBlock2D"
+    image = _tiny(textured, caption, seed=0)
+    assert np.isfinite(image).all()
+
+
+@pytest.mark.slow
+def test_the_textured_model_draws_textures_the_plain_one_never_does(pipe):
+    """Model card: on 48 textured held-out prompts (seeds 0-47) the textured model scores 0.604 (fill textures
+    0.219, background textures 0.143) against 0.424 (both 0) for the plain model."""
+    from tomesd.demo.adherence import adherence_details
+
+    prompts = evaluation_captions(48, "held_out", seed=0, textures=True)
+
+    def texture_share(model):
+        results = adherence_details(_default_images(model, prompts), prompts)
+        matched = [ok for r in results for name, ok in r.matched.items() if "texture" in name]
+        return sum(matched) / len(matched)
+
+    assert texture_share(load_pipeline(folder=TEXTURED_MODEL_DIR)) >= 0.1
+    assert texture_share(pipe) < 0.05
 
 
 def _default_images(pipe, prompts):

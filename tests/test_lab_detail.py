@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 
 from tomesd.demo.shapes import Scene, draw
 from tomesd.lab.detail import (
-    METRICS, DetailSummary, detail_scores, gmsd, gradient_similarity, high_frequency_error,
+    METRICS, DetailSummary, detail_scores, gmsd, gradient_similarity, high_frequency_energy, high_frequency_error,
     high_frequency_retained, summarize, summarize_detail,
 )
 
@@ -38,6 +38,17 @@ def test_identical_images_score_exactly_no_change(striped):
     assert high_frequency_retained(a, a.copy()) == 1.0
     assert gmsd(a, a.copy()) == 0.0
     assert gradient_similarity(a, a.copy()) == 1.0
+
+
+def test_fine_detail_energy_orders_images_by_texture(striped):
+    flat = draw(Scene("large", "red", "circle", "blue"), 128, random.Random(0))
+    blank = Image.new("RGB", (128, 128), (40, 90, 200))
+    assert high_frequency_energy(blank) == 0.0  # a uniform image holds no detail at all
+    assert high_frequency_energy(striped) > 10 * high_frequency_energy(flat) > 0
+    # the blurred copy keeps what high_frequency_retained says it keeps, against the same energy
+    blurred = _blur(striped, 1)
+    assert high_frequency_energy(blurred) / high_frequency_energy(striped) == pytest.approx(
+        high_frequency_retained(blurred, striped))
 
 
 def test_a_blur_loses_more_detail_than_a_one_pixel_shift_which_psnr_calls_worse(striped):

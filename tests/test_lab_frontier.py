@@ -15,6 +15,9 @@ from tomesd.lab.frontier import OURS, Candidate, Parts, SpeedSpec, default_rule,
 def test_speed_specs_parse_and_bad_ones_are_refused():
     assert parse_speed("sd15:512") == SpeedSpec("sd15", 512, None)
     assert parse_speed("sdxl:1024:0.5+0.3") == SpeedSpec("sdxl", 1024, (0.3, 0.5))
+    spec = parse_speed("sd15:1024::default+no-mlp")
+    assert spec == SpeedSpec("sd15", 1024, None, ("default", "no-mlp"))
+    assert spec.selects(Candidate("tomesd 0.1.3", "default", 0.7)) and not spec.selects(Candidate(OURS, "global", 0.5))
     for text, message in (("sd3:512", "architecture"), ("sd15:500", "multiple of 8"), ("sd15", "multiple of 8"),
                           ("sd15:512:x", "numbers"), ("sd15:512:1.5", r"in \(0, 1\)")):
         with pytest.raises(ValueError, match=message):
@@ -85,6 +88,7 @@ def test_a_failed_measurement_leaves_no_part(tmp_path):
     (["--variant", "default:merge_mlp=false"], "labels must differ"),
     (["--variant", "x:nonsense=1"], "nonsense"),
     (["--speed", "sd2:512"], "architecture"),
+    (["--speed", "sd15:512:0.5:nothing"], "no variant nothing"),
     (["--count", "0"], ">= 1"),
     (["--compare-013", "/nonexistent/python"], "setup_tomesd013.sh"),
 ])
@@ -128,7 +132,7 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     assert 0 <= report["unpatched"]["adherence"] <= 1
     rule = {criterion: passed for criterion, passed, _ in report["rule"]}
     assert rule["sdxl:1024 speedup >= 1.5x"] is None  # not measured, and said so
-    assert (out / "frontier.png").stat().st_size > 0 and (out / "frontier.md").read_text() in first.out
+    assert (out / "frontier.png").stat().st_size > 0 and (out / "frontier_images.png").stat().st_size > 0 and (out / "frontier.md").read_text() in first.out
     assert "measuring" in first.err and "reusing" not in first.err
     # the same command again measures nothing: every part is reused, the report is the same
     assert frontier_main(argv) == 0

@@ -4,7 +4,8 @@ several ratios; tomesd 0.1.3 at the same ratios with ``--compare-013``) is timed
 scored on the textured demo model's images; the frontier is marked and the defaults rule checked (see
 :mod:`tomesd.lab.frontier`). Parts already measured in ``--out`` are reused, so a stopped run resumes.
 
-Results: ``frontier.md``, ``frontier.json``, ``frontier.png`` and the images in ``--out``.
+Results: ``frontier.md``, ``frontier.json``, ``frontier.png`` (speed against image change), ``frontier_images.png``
+(four prompts under every candidate at the default ratio) and the images, in ``--out``.
 
 Example (the README's table)::
 
@@ -27,19 +28,21 @@ __all__ = ["build_parser", "main"]
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line."""
-    from tomesd.demo import DEMO_MODEL_DIR
+    from tomesd.demo import TEXTURED_MODEL_DIR
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR,
-                        help="demo pipeline folder the images are drawn with (default: the shipped demo model)")
+    parser.add_argument("--model", type=Path, default=TEXTURED_MODEL_DIR,
+                        help="demo pipeline folder the images are drawn with (default: the shipped textured demo "
+                             "model)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="another candidate of ours (repeatable), besides the standard ones: "
                              + ", ".join(label for label, _ in STANDARD_VARIANTS))
     parser.add_argument("--speed", nargs="*", default=["sd15:512"], metavar="ARCH:PX[:R+R]",
-                        help="U-Net speed measurements, e.g. sd15:512 (every ratio) or sdxl:1024:0.5 (that ratio only); "
-                             "none: the images only")
+                        help="U-Net speed measurements: sd15:512 (every candidate), sdxl:1024:0.5 (that ratio only), "
+                             "sd15:1024:0.5:default+no-mlp (those variants only; 'default' includes tomesd "
+                             "0.1.3's); none: the images only")
     parser.add_argument("--count", type=int, default=24, help="held-out prompts drawn per setting")
     parser.add_argument("--plain", action="store_true", help="plain-shape prompts instead of textured ones")
     parser.add_argument("--repeats", type=int, default=3)
@@ -65,6 +68,12 @@ def make_run(args: argparse.Namespace) -> FrontierRun:
     labels = [label for label, _ in variants]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--variant: labels must differ from each other and from {', '.join(labels[:5])}")
+    speeds = tuple(parse_speed(s) for s in args.speed)
+    for speed in speeds:
+        unknown = set(speed.variants or ()) - set(labels)
+        if unknown:
+            raise ValueError(f"--speed {speed.key}: no variant {', '.join(sorted(unknown))}; the variants: "
+                             f"{', '.join(labels)}")
     if args.count < 1 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--count, --repeats and --threads must be >= 1")
     if not (args.model / "model_index.json").exists():
@@ -75,7 +84,7 @@ def make_run(args: argparse.Namespace) -> FrontierRun:
     if importlib.util.find_spec("matplotlib") is None:  # frontier.png, written at the end: say so before measuring
         raise ValueError("writing frontier.png needs matplotlib: pip install 'tomesd[ui]'")
     return FrontierRun(model=args.model, ratios=ratios, variants=variants,
-                       speeds=tuple(parse_speed(s) for s in args.speed), count=args.count, textures=not args.plain,
+                       speeds=speeds, count=args.count, textures=not args.plain,
                        original=args.compare_013, repeats=args.repeats, threads=args.threads, seed=args.seed,
                        out=args.out)
 

@@ -27,12 +27,17 @@ __all__ = [
     "DEFAULT_SIZE",
     "DEFAULT_STEPS",
     "DEMO_MODEL_DIR",
+    "TEXTURED_MODEL_DIR",
     "EXAMPLE_PROMPTS",
     "load_pipeline",
 ]
 
 #: The shipped diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "demo_model"
+#: The same model continued on the textured set (``tomesd train-demo --stages texture-vae texture-unet
+#: texture-finetune``): stripes, checks, dots, gradients and outlines, for measuring what merging does to
+#: fine detail (``tomesd frontier``); see the README's model card.
+TEXTURED_MODEL_DIR = DEMO_MODEL_DIR.with_name("demo_model_textured")
 #: Image side in pixels: the VAE halves it, so the U-Net's first attention level sees 64 x 64 = 4096 tokens.
 DEFAULT_SIZE = 128
 #: Sampling steps of the shipped multistep solver.

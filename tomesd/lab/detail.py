@@ -39,6 +39,7 @@ __all__ = [
     "detail_scores",
     "gmsd",
     "gradient_similarity",
+    "high_frequency_energy",
     "high_frequency_error",
     "high_frequency_retained",
     "summarize",
@@ -94,6 +95,17 @@ def high_frequency_retained(image: ImageLike, reference: ImageLike, cutoff: floa
     a, b = _pair(image, reference)
     energy, reference_energy = _high_energy(a, cutoff), _high_energy(b, cutoff)
     return 1.0 if energy == reference_energy == 0 else _ratio(energy, reference_energy)
+
+
+def high_frequency_energy(image: ImageLike, cutoff: float = DEFAULT_CUTOFF) -> float:
+    """The image's spectral energy above ``cutoff`` cycles/pixel (RGB summed, each channel less its mean,
+    Hann-windowed): how much fine detail it holds, e.g. to pick the most textured images of a set.
+
+    Raises:
+        TypeError, ValueError: as :func:`high_frequency_error`.
+    """
+    a, _ = _pair(image, image)
+    return _high_energy(a, cutoff)
 
 
 def gmsd(image: ImageLike, reference: ImageLike, constant: float = GMSD_CONSTANT) -> float:

@@ -58,27 +58,35 @@ TEXTURE_ATTRIBUTES = ("texture", "background_texture")
 
 @dataclass(frozen=True)
 class SpeedSpec:
-    """One speed measurement: an architecture of :data:`tomesd.lab.bench.UNET_CONFIGS` at a resolution, and
-    the ratios timed there (None: every ratio of the run)."""
+    """One speed measurement: an architecture of :data:`tomesd.lab.bench.UNET_CONFIGS` at a resolution, the
+    ratios and the variant labels timed there (None: every one of the run; the label ``default`` takes in
+    tomesd 0.1.3's candidates too)."""
 
     arch: str
     resolution: int
     ratios: tuple[float, ...] | None = None
+    variants: tuple[str, ...] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.arch}:{self.resolution}"
 
+    def selects(self, candidate: "Candidate") -> bool:
+        return ((self.ratios is None or candidate.ratio in self.ratios)
+                and (self.variants is None or candidate.variant in self.variants))
+
 
 def parse_speed(text: str) -> SpeedSpec:
-    """``"sd15:512"`` or ``"sdxl:1024:0.5"`` (ratios after the resolution, ``+``-separated: ``0.3+0.5``).
+    """``ARCH:PX[:RATIOS[:VARIANTS]]``, lists joined by ``+``: ``"sd15:512"``, ``"sdxl:1024:0.5"``,
+    ``"sd15:1024:0.5:default+no-mlp"`` (an empty list is every one: ``"sd15:1024::default"``).
 
     Raises:
         ValueError: an unknown architecture, a resolution that is not a positive multiple of 8, a ratio out
             of (0, 1).
     """
     arch, _, rest = text.partition(":")
-    resolution, _, ratios = rest.partition(":")
+    resolution, _, rest = rest.partition(":")
+    ratios, _, variants = rest.partition(":")
     if arch not in UNET_CONFIGS:
         raise ValueError(f"speed {text!r}: architecture must be one of {', '.join(UNET_CONFIGS)}")
     if not resolution.isdigit() or int(resolution) <= 0 or int(resolution) % 8:
@@ -91,7 +99,7 @@ def parse_speed(text: str) -> SpeedSpec:
             raise ValueError(f"speed {text!r}: ratios must be numbers joined by '+', e.g. sd15:1024:0.3+0.5") from None
         if not all(0 < r < 1 for r in chosen):
             raise ValueError(f"speed {text!r}: every ratio must be in (0, 1)")
-    return SpeedSpec(arch, int(resolution), chosen)
+    return SpeedSpec(arch, int(resolution), chosen, tuple(variants.split("+")) if variants else None)
 
 
 @dataclass
@@ -105,6 +113,7 @@ class Candidate:
     speedup: dict[str, float] = field(default_factory=dict)  # SpeedSpec.key -> x
     deviation: dict[str, float] = field(default_factory=dict)  # SpeedSpec.key -> relative mean |difference|
     quality: dict[str, float] = field(default_factory=dict)  # see image_quality
+    images: list[str] = field(default_factory=list)  # the PNG files, one per prompt
     frontier: dict[str, bool] = field(default_factory=dict)  # SpeedSpec.key -> on the front
 
     @property
@@ -219,9 +228,9 @@ def draw_part(python: Path, candidate: Candidate | None, model: Path, prompts: l
 
 
 def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candidate], run: "FrontierRun",
-                   prompts: list[str]) -> dict[str, float]:
+                   prompts: list[str]) -> tuple[dict[str, float], list[str]]:
     """Draw (or reuse) the unpatched images and each candidate's, one part each, and score every candidate;
-    returns the unpatched images' adherence."""
+    returns the unpatched images' adherence and their files."""
     from PIL import Image
 
     def load(files: list[str]) -> list[Any]:
@@ -230,17 +239,19 @@ def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candi
     common = {"model": fingerprint(run.model), "prompts": prompts, "seed": run.seed}
     folder = run.out / "images" / slug
 
-    def drawn(candidate: Candidate | None) -> list[Any]:
+    def drawn(candidate: Candidate | None) -> list[str]:
         name = f"images-{slug}-{'unpatched' if candidate is None else candidate.label}"
         spec = common if candidate is None else {**common, "setting": candidate.worker_setting()}
         part = parts.get(name, spec, lambda: draw_part(python, candidate, run.model, prompts, run.seed, run.threads,
                                                        folder))
-        return load(part["files"])
+        return part["files"]
 
-    reference = drawn(None)
+    reference_files = drawn(None)
+    reference = load(reference_files)
     for candidate in candidates:
-        candidate.quality = image_quality(reference, drawn(candidate), prompts)
-    return adherence_scores(reference, prompts)
+        candidate.images = drawn(candidate)
+        candidate.quality = image_quality(reference, load(candidate.images), prompts)
+    return adherence_scores(reference, prompts), reference_files
 
 
 # ---------------------------------------------------------------- speed and deviation (full-size U-Nets)
@@ -258,7 +269,7 @@ def measure_speed(parts: Parts, slug: str, python: Path, candidates: list[Candid
     ones none did (with their own interleaved baseline) as one new part."""
     prefix = f"speed-{slug}-{speed.arch}-{speed.resolution}"
     fixed = {"arch": speed.arch, "resolution": speed.resolution, "repeats": run.repeats, "threads": run.threads}
-    wanted = [c for c in candidates if speed.ratios is None or c.ratio in speed.ratios]
+    wanted = [c for c in candidates if speed.selects(c)]
 
     def timed() -> dict[str, dict[str, Any]]:
         """The worker's entry of every setting some part timed, by the setting."""
@@ -443,23 +454,44 @@ def run_frontier(run: FrontierRun) -> str:
     prompts = evaluation_captions(run.count, "held_out", run.seed, textures=run.textures)
     parts = Parts(run.out / "parts")
     unpatched: dict[str, float] = {}
+    reference: list[str] = []
     for name, exe in python.items():
-        reference_adherence = measure_images(parts, slug(name), exe, by_implementation[name], run, prompts)
-        unpatched = unpatched or reference_adherence
+        reference_adherence, files = measure_images(parts, slug(name), exe, by_implementation[name], run, prompts)
+        unpatched, reference = unpatched or reference_adherence, reference or files
     for speed in run.speeds:
         for name, exe in python.items():
             measure_speed(parts, slug(name), exe, by_implementation[name], speed, run)
         mark_frontier(candidates, speed.key)
     checks = default_rule(candidates, original)
-    return write_frontier(run, candidates, unpatched, checks)
+    return write_frontier(run, candidates, unpatched, checks, prompts, reference)
 
 
 def slug(implementation: str) -> str:
     return implementation.replace(" ", "-")
 
 
+def save_comparison(candidates: list[Candidate], reference: list[str], prompts: list[str], path: Path,
+                    shown: int = 4) -> None:
+    """A grid of the ``shown`` prompts whose unpatched images hold the most fine detail: unpatched, then every
+    candidate at the default ratio."""
+    from PIL import Image
+
+    from tomesd.lab.demo_eval import save_grid
+    from tomesd.lab.detail import high_frequency_energy
+
+    def load(file: str) -> Any:
+        return Image.open(file).convert("RGB")
+
+    columns = [c for c in candidates if c.ratio == OPTIONS["ratio"]]
+    detail = [high_frequency_energy(load(f)) for f in reference]
+    chosen = sorted(range(len(reference)), key=lambda i: -detail[i])[:shown]
+    rows = [[load(reference[i]), *[load(c.images[i]) for c in columns]] for i in chosen]
+    titles = [[f"unpatched: {prompts[i]}", *[c.name for c in columns]] for i in chosen]
+    save_grid(path, rows, titles)
+
+
 def write_frontier(run: FrontierRun, candidates: list[Candidate], unpatched: dict[str, float],
-                   checks: list[tuple[str, bool | None, str]]) -> str:
+                   checks: list[tuple[str, bool | None, str]], prompts: list[str], reference: list[str]) -> str:
     run.out.mkdir(parents=True, exist_ok=True)
     text = (
         f"Speed: one full-size U-Net forward (random weights, batch 2, fp32), median of {run.repeats} interleaved "
@@ -479,4 +511,5 @@ def write_frontier(run: FrontierRun, candidates: list[Candidate], unpatched: dic
         {"command": " ".join(sys.argv), "unpatched": unpatched, "candidates": [asdict(c) for c in candidates],
          "rule": checks}, indent=1))
     plot_frontier(candidates, run.speeds, run.out / "frontier.png")
+    save_comparison(candidates, reference, prompts, run.out / "frontier_images.png")
     return text
