@@ -59,6 +59,17 @@ def test_the_defaults_rule_names_each_criterion_and_its_figures():
     assert checks["images changed no more than tomesd 0.1.3 at 0.5"] is None
 
 
+def test_a_setting_is_keyed_by_every_option_it_runs_with(monkeypatch):
+    default = Candidate(OURS, "default", 0.5)
+    assert default.patch_options == {**frontier.OPTIONS, "ratio": 0.5}
+    assert default.key == Candidate(OURS, "renamed", 0.5, {"merge_mlp": frontier.OPTIONS["merge_mlp"]}).key
+    assert default.key != Candidate(OURS, "default", 0.3).key
+    assert Candidate("tomesd 0.1.3", "default", 0.5).patch_options == {"ratio": 0.5}  # its defaults never move
+    before = default.key
+    monkeypatch.setitem(frontier.OPTIONS, "kv_downsample", frontier.OPTIONS["kv_downsample"] + 1)
+    assert default.key != before  # a changed default is a new setting, never the old one's measurements
+
+
 def test_parts_are_reused_for_the_same_spec_and_measured_again_for_another(tmp_path):
     parts, calls = Parts(tmp_path / "parts"), []
 
@@ -142,9 +153,14 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     assert "measuring" not in again.err and again.err.count("reusing") == len(by_name) + 2
     assert json.loads((out / "frontier.json").read_text())["candidates"] == report["candidates"]
     # one more variant: only its images and its timing are measured, in a part of their own
-    assert frontier_main([*argv, "--variant", "kv1:min_tokens=0,kv_downsample=1"]) == 0
+    assert frontier_main([*argv, "--variant", "kv2:min_tokens=0,kv_downsample=2"]) == 0
     more = capsys.readouterr().err
-    assert more.count("measuring") == 2 and "images-ours-kv1-r0.5: measuring" in more
+    kv2_key = Candidate(OURS, "kv2", 0.5, {"min_tokens": 0, "kv_downsample": 2}).key
+    assert more.count("measuring") == 2 and f"images-ours-{kv2_key}: measuring" in more
     assert "speed-ours-sd15-128-1: measuring" in more
-    kv1 = next(c for c in json.loads((out / "frontier.json").read_text())["candidates"] if c["variant"] == "kv1")
-    assert kv1["deviation"]["sd15:128"] > 0 and kv1["quality"]["psnr"] < math.inf
+    # the same options under another label are found measured: nothing is drawn or timed again
+    assert frontier_main([*argv, "--variant", "kv2:min_tokens=0,kv_downsample=2",
+                          "--variant", "same:kv_downsample=2,min_tokens=0"]) == 0
+    assert "measuring" not in capsys.readouterr().err
+    kv2 = next(c for c in json.loads((out / "frontier.json").read_text())["candidates"] if c["variant"] == "kv2")
+    assert kv2["deviation"]["sd15:128"] > 0 and kv2["quality"]["psnr"] < math.inf

@@ -223,7 +223,7 @@ def test_queued_runs_wait_and_stop_acts_on_its_own_page_only(browser, app, page)
 API_FLAGS = ("--max-pixels", "16384", "--max-steps", "2000", "--max-seconds", "30", "--compile-backend", "eager")
 #: The patch options after "timed runs per ratio" and "compile", in the page's order, at their defaults.
 DEFAULT_OPTIONS = {"max_downsample": "auto", "min_tokens": 1024, "sx": 2, "sy": 2, "use_rand": True, "merge_attn": True,
-                   "merge_crossattn": False, "merge_mlp": True, "seed": 0, "kv_downsample": 2, "matching": "local"}
+                   "merge_crossattn": False, "merge_mlp": True, "seed": 0, "kv_downsample": 1, "matching": "local"}
 QUICK = {"model": "", "config": "", "prompt": "a red circle", "negative": "", "seed": 0, "steps": 1, "guidance": 5.0,
          "width": 64, "height": 64, "ratios": [0.0, 0.5], "repeats": 1, "compile": False}
 #: About 2000 steps at 128 px: minutes of work on this machine unless something stops it.

@@ -45,11 +45,12 @@ __all__ = [
 OURS = "ours"
 #: The image-change measure the frontier is drawn against (lower is better).
 QUALITY_KEY = "hf_error"
-#: The variants measured unless told otherwise: the defaults and each default option turned off in turn.
+#: The variants measured unless told otherwise: the defaults and each of their choices turned the other way
+#: (MLP merging off, keys/values pooled, only the finest level, all-pairs matching).
 STANDARD_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("default", {}),
     ("no-mlp", {"merge_mlp": False}),
-    ("no-kv-pool", {"kv_downsample": 1}),
+    ("kv-pool", {"kv_downsample": 2}),
     ("finest-level", {"max_downsample": 1}),
     ("global", {"matching": "global"}),
 )
@@ -117,16 +118,24 @@ class Candidate:
     frontier: dict[str, bool] = field(default_factory=dict)  # SpeedSpec.key -> on the front
 
     @property
-    def label(self) -> str:
-        """A file-name-safe label, unique within one implementation."""
-        return f"{self.variant}-r{self.ratio:g}"
-
-    @property
     def name(self) -> str:
         return f"{self.implementation} {self.variant} {self.ratio:g}"
 
+    @property
+    def patch_options(self) -> dict[str, Any]:
+        """Every option the patch runs with: for this project the defaults filled in (so that what was
+        measured before a default changed is never taken for the new default), for tomesd 0.1.3 the ratio
+        alone (its defaults never change)."""
+        given = {"ratio": self.ratio, **self.options}
+        return {**OPTIONS, **given} if self.implementation == OURS else given
+
+    @property
+    def key(self) -> str:
+        """A short hash of :attr:`patch_options`: what a measured part is found by, whatever its label."""
+        return hashlib.sha256(json.dumps(self.patch_options, sort_keys=True).encode()).hexdigest()[:12]
+
     def worker_setting(self) -> dict[str, Any]:
-        return {"label": self.label, "options": {"ratio": self.ratio, **self.options}}
+        return {"label": self.key, "options": self.patch_options}
 
 
 def make_candidates(ratios: Sequence[float], variants: Sequence[tuple[str, dict[str, Any]]],
@@ -216,7 +225,7 @@ def adherence_scores(images: Sequence[Any], prompts: Sequence[str]) -> dict[str,
 def draw_part(python: Path, candidate: Candidate | None, model: Path, prompts: list[str], seed: int,
               threads: int, folder: Path) -> dict[str, Any]:
     """Every prompt drawn under ``candidate`` (None: unpatched) by the tomesd ``python`` imports, as PNG files
-    in ``folder / label``; returns the files."""
+    in ``folder / key``; returns the files."""
     from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS
 
     spec = {"mode": "images", "model": str(model), "prompts": prompts, "seed": seed, "size": DEFAULT_SIZE,
@@ -224,7 +233,7 @@ def draw_part(python: Path, candidate: Candidate | None, model: Path, prompts: l
             "out": str(folder), "unpatched": candidate is None,
             "settings": [] if candidate is None else [candidate.worker_setting()]}
     images = run_worker(python, spec)["images"]
-    return {"files": images["unpatched" if candidate is None else candidate.label]}
+    return {"files": images["unpatched" if candidate is None else candidate.key]}
 
 
 def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candidate], run: "FrontierRun",
@@ -240,7 +249,7 @@ def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candi
     folder = run.out / "images" / slug
 
     def drawn(candidate: Candidate | None) -> list[str]:
-        name = f"images-{slug}-{'unpatched' if candidate is None else candidate.label}"
+        name = f"images-{slug}-{'unpatched' if candidate is None else candidate.key}"
         spec = common if candidate is None else {**common, "setting": candidate.worker_setting()}
         part = parts.get(name, spec, lambda: draw_part(python, candidate, run.model, prompts, run.seed, run.threads,
                                                        folder))
@@ -272,18 +281,17 @@ def measure_speed(parts: Parts, slug: str, python: Path, candidates: list[Candid
     wanted = [c for c in candidates if speed.selects(c)]
 
     def timed() -> dict[str, dict[str, Any]]:
-        """The worker's entry of every setting some part timed, by the setting."""
-        return {json.dumps(setting, sort_keys=True): entry for _, spec, result in parts.like(prefix, fixed)
-                for setting, entry in zip(spec["settings"], result["settings"])}
+        """The worker's entry of every setting some part timed, by its key."""
+        return {entry["label"]: entry for _, _, result in parts.like(prefix, fixed) for entry in result["settings"]}
 
-    missing = [c for c in wanted if json.dumps(c.worker_setting(), sort_keys=True) not in timed()]
+    missing = [c for c in wanted if c.key not in timed()]
     if missing:
         spec = {**fixed, "settings": [c.worker_setting() for c in missing]}
         parts.get(f"{prefix}-{len(parts.like(prefix, {}))}", spec,
                   lambda: speed_part(python, missing, speed, run.repeats, run.threads))
     entries = timed()
     for candidate in wanted:
-        entry = entries[json.dumps(candidate.worker_setting(), sort_keys=True)]
+        entry = entries[candidate.key]
         candidate.speedup[speed.key] = entry["speedup"]
         candidate.deviation[speed.key] = entry["deviation"]
 
