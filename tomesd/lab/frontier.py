@@ -19,9 +19,12 @@ A candidate is on the **frontier** of a speed measurement when no other candidat
 changes the images at most as much (mean high-frequency error, :func:`tomesd.lab.detail.high_frequency_error`),
 one of the two strictly. :func:`default_rule` checks the rule the defaults must meet.
 
-Each part of the run (one implementation's images; one implementation's timings at one architecture and
-resolution) is written to ``OUT/parts/NAME.json`` with the spec it answers; a rerun with the same spec reuses
-it, so a stopped run resumes part by part.
+Each part of the run (the unpatched images; one setting's images; the timings of the settings no earlier
+part timed at one architecture and resolution, with their own baseline) is written to ``OUT/parts/NAME.json``
+with the spec it answers, when it ends. A setting is known by every option it runs with
+(:attr:`Candidate.patch_options`, the defaults filled in), not by its label: a rerun reuses what was measured,
+so a stopped run resumes part by part and a new variant costs only itself, and a changed default is measured
+anew. Images are drawn again when the model's files change (:func:`fingerprint`).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from tomesd.lab.bench import UNET_CONFIGS, machine_description, run_worker
 from tomesd.patch.diffusers.options import OPTIONS
 
 __all__ = [
-    "OURS", "QUALITY_KEY", "STANDARD_VARIANTS", "Candidate", "FrontierRun", "SpeedSpec", "default_rule",
-    "frontier_table", "mark_frontier", "parse_speed", "plot_frontier", "run_frontier",
+    "OURS", "QUALITY_KEY", "REQUIRED_SPEEDUP", "STANDARD_VARIANTS", "Candidate", "FrontierRun", "Parts", "SpeedSpec",
+    "default_rule", "fingerprint", "frontier_table", "mark_frontier", "parse_speed", "plot_frontier", "run_frontier",
 ]
 
 OURS = "ours"
@@ -197,7 +200,6 @@ def fingerprint(folder: Path) -> str:
 def image_quality(reference: Sequence[Any], images: Sequence[Any], prompts: Sequence[str]) -> dict[str, float]:
     """One setting's images against the unpatched ones: PSNR / SSIM (means), the detail measures (mean and
     worst), adherence to every asked attribute and to the texture words alone."""
-    from tomesd.demo.adherence import adherence_details
     from tomesd.lab.detail import summarize_detail
     from tomesd.lab.quality import against_baseline
 
