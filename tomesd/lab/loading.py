@@ -90,17 +90,27 @@ def pipeline_class_name(source: str | Path | None) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def is_demo_folder(source: str | Path) -> bool:
+    """Whether ``source`` is the path of a shipped demo pipeline folder (the plain or the textured one)."""
+    from tomesd import demo
+
+    path = Path(str(source).strip()).expanduser()
+    return path.is_dir() and path.resolve() in (demo.DEMO_MODEL_DIR.resolve(), demo.TEXTURED_MODEL_DIR.resolve())
+
+
 def default_settings(source: str | Path | None = DEMO) -> dict[str, Any]:
-    """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own, the usual
+    """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own (also for the
+    path of a shipped demo folder, e.g. ``tomesd.demo.TEXTURED_MODEL_DIR``), the usual
     ones of a folder's pipeline class (:data:`CLASS_DEFAULTS`, e.g. Flux's distilled guidance 3.5 at 1024 px),
     or usual SD 1.x values for any other model.
 
     Returns:
         A dict with keys ``size`` (int, pixels), ``steps`` (int), ``guidance`` (float), ``prompts`` (list).
     """
-    if source is not None and str(source).strip() not in ("", DEMO):
-        return {**USER_MODEL_DEFAULTS, **CLASS_DEFAULTS.get(pipeline_class_name(source), {})}
     from tomesd import demo
+
+    if source is not None and str(source).strip() not in ("", DEMO) and not is_demo_folder(source):
+        return {**USER_MODEL_DEFAULTS, **CLASS_DEFAULTS.get(pipeline_class_name(source), {})}
 
     return {
         "size": demo.DEFAULT_SIZE,
