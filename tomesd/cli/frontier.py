@@ -1,15 +1,16 @@
 """``tomesd frontier`` (and ``scripts/frontier.py``): the speed/quality frontier of the diffusers patch.
-Every candidate (this project's defaults and each option turned off in turn, local and global matching, at
-several ratios; tomesd 0.1.3 at the same ratios with ``--compare-013``) is timed on full-size U-Nets and
-scored on the textured demo model's images; the frontier is marked and the defaults rule checked (see
-:mod:`tomesd.lab.frontier`). Parts already measured in ``--out`` are reused, so a stopped run resumes.
+Every candidate (this project's defaults and each of their choices turned the other way: MLP merging off,
+keys/values pooled, only the finest level, all-pairs matching; at several ratios; tomesd 0.1.3 at the same
+ratios with ``--compare-013``) is timed on full-size U-Nets and scored on the textured demo model's images;
+the frontier is marked and the defaults rule checked (see :mod:`tomesd.lab.frontier`). Parts already
+measured in ``--out`` are reused, so a stopped run resumes.
 
 Results: ``frontier.md``, ``frontier.json``, ``frontier.png`` (speed against image change), ``frontier_images.png``
-(four prompts under every candidate at the default ratio) and the images, in ``--out``.
+(the four most textured prompts under every candidate at the default ratio) and the images, in ``--out``.
 
-Example (the README's table)::
+Example (the README gives the command of its table)::
 
-    tomesd frontier --speed sd15:512 sd15:1024:0.5 sdxl:1024:0.5 --compare-013 --out samples/frontier
+    tomesd frontier --speed sd15:512 sd15:1024:0.5 sdxl:1024:0.5 --compare-013 --out outputs/frontier
 """
 
 from __future__ import annotations

@@ -272,6 +272,25 @@ def measure_unet(arch: str, unet: Any, settings: list[Setting], batch: int, reso
     return rows
 
 
+def speed_spec(arch: str, resolution: int, batch: int, repeats: int, threads: int,
+               settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker's ``speed`` spec: ``arch``'s full-size U-Net at ``resolution`` pixels, ``settings`` as
+    ``{"label": ..., "options": {...}}``."""
+    return {"config": UNET_CONFIGS[arch], "latent": resolution // 8, "batch": batch, "threads": threads,
+            "repeats": repeats, "settings": settings}
+
+
+def images_spec(model: Path, prompts: list[str], seed: int, threads: int, out: Path,
+                settings: list[dict[str, Any]], unpatched: bool = True) -> dict[str, Any]:
+    """The worker's ``images`` spec: ``prompts`` drawn with the pipeline folder ``model`` at the demo model's
+    sampling settings, unpatched (unless ``unpatched`` is False) and under every setting, into ``out``."""
+    from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS
+
+    return {"mode": "images", "model": str(model), "prompts": prompts, "seed": seed, "size": DEFAULT_SIZE,
+            "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "batch": 8, "threads": threads, "out": str(out),
+            "unpatched": unpatched, "settings": settings}
+
+
 def run_worker(python: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """Run ``compare_worker.py`` with ``python`` (this environment's or tomesd 0.1.3's) on ``spec``."""
     check_worker()
@@ -285,11 +304,8 @@ def measure_tomesd013(arch: str, python: Path, ratios: list[float], batch: int, 
     """The same U-Net forward patched by the original tomesd 0.1.3, timed in its own environment
     (``scripts/setup_tomesd013.sh``; both packages import as ``tomesd``) by ``compare_worker.py``,
     interleaved with its own unpatched baseline."""
-    spec = {
-        "config": UNET_CONFIGS[arch], "latent": resolution // 8, "batch": batch, "threads": threads,
-        "repeats": repeats, "settings": [{"label": f"{r:g}", "options": {"ratio": r}} for r in ratios if r > 0],
-    }
-    result = run_worker(python, spec)
+    settings = [{"label": f"{r:g}", "options": {"ratio": r}} for r in ratios if r > 0]
+    result = run_worker(python, speed_spec(arch, resolution, batch, repeats, threads, settings))
     label = f"tomesd {result['tomesd']}"
     base = statistics.median(result["baseline_s"])
     rows = [Row(arch, resolution, label, 0.0, base, 1.0, repeats, times_s=tuple(result["baseline_s"]))]
@@ -361,17 +377,13 @@ def measure_quality(python: Path, settings: dict[str, Setting], prompts: list[st
     ``python`` imports, and score the images: adherence, and PSNR/SSIM against the unpatched ones."""
     from PIL import Image
 
-    from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, DEMO_MODEL_DIR
+    from tomesd.demo import DEMO_MODEL_DIR
     from tomesd.demo.adherence import adherence
     from tomesd.lab.quality import against_baseline
 
-    spec = {
-        "mode": "images", "model": str(DEMO_MODEL_DIR), "prompts": prompts, "seed": seed, "size": DEFAULT_SIZE,
-        "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "batch": 8, "threads": torch.get_num_threads(),
-        "out": str(workdir), "settings": [{"label": name, "options": {"ratio": s.ratio, **s.options}}
-                                          for name, s in settings.items()],
-    }
-    result = run_worker(python, spec)
+    workers = [{"label": name, "options": {"ratio": s.ratio, **s.options}} for name, s in settings.items()]
+    result = run_worker(python, images_spec(DEMO_MODEL_DIR, prompts, seed, torch.get_num_threads(), workdir,
+                                            workers))
     images = {label: [Image.open(f).convert("RGB") for f in files] for label, files in result["images"].items()}
     reference = images.pop("unpatched")
     implementation = f"tomesd {result['tomesd']}"

@@ -163,7 +163,8 @@ def _per_attribute(results: list[AdherenceResult]) -> dict[str, float]:
 def _markdown(rows: list[dict], chance: float, per_attribute: dict[str, float], evaluation: DemoEvaluation) -> str:
     e = evaluation
     lines = [
-        f"{e.count} {e.split.replace('_', '-')} {'textured ' if e.textures else ''}prompts, {e.size}x{e.size} px, {e.steps} steps, "
+        f"{e.count} {e.split.replace('_', '-')} {'textured ' if e.textures else ''}prompts, {e.size}x{e.size} px, "
+        f"{e.steps} steps, "
         f"guidance {e.guidance}, float32, {e.threads} thread(s), seeds {e.seed}..{e.seed + e.count - 1}",
         "",
         "| ratio | adherence | PSNR vs ratio 0 (dB) | SSIM vs ratio 0 |",

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tomesd.lab.bench import UNET_CONFIGS, machine_description, run_worker
+from tomesd.lab.bench import UNET_CONFIGS, images_spec, machine_description, run_worker, speed_spec
 from tomesd.patch.diffusers.options import OPTIONS
 
 __all__ = [
@@ -228,14 +228,9 @@ def draw_part(python: Path, candidate: Candidate | None, model: Path, prompts: l
               threads: int, folder: Path) -> dict[str, Any]:
     """Every prompt drawn under ``candidate`` (None: unpatched) by the tomesd ``python`` imports, as PNG files
     in ``folder / key``; returns the files."""
-    from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS
-
-    spec = {"mode": "images", "model": str(model), "prompts": prompts, "seed": seed, "size": DEFAULT_SIZE,
-            "steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "batch": 8, "threads": threads,
-            "out": str(folder), "unpatched": candidate is None,
-            "settings": [] if candidate is None else [candidate.worker_setting()]}
-    images = run_worker(python, spec)["images"]
-    return {"files": images["unpatched" if candidate is None else candidate.key]}
+    settings = [] if candidate is None else [candidate.worker_setting()]
+    spec = images_spec(model, prompts, seed, threads, folder, settings, unpatched=candidate is None)
+    return {"files": run_worker(python, spec)["images"]["unpatched" if candidate is None else candidate.key]}
 
 
 def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candidate], run: "FrontierRun",
@@ -269,9 +264,8 @@ def measure_images(parts: Parts, slug: str, python: Path, candidates: list[Candi
 
 def speed_part(python: Path, candidates: list[Candidate], speed: SpeedSpec, repeats: int, threads: int) -> dict:
     """One implementation's candidates timed at ``speed``, each against its own unpatched forward."""
-    spec = {"config": UNET_CONFIGS[speed.arch], "latent": speed.resolution // 8, "batch": 2, "threads": threads,
-            "repeats": repeats, "settings": [c.worker_setting() for c in candidates]}
-    return run_worker(python, spec)
+    settings = [c.worker_setting() for c in candidates]
+    return run_worker(python, speed_spec(speed.arch, speed.resolution, 2, repeats, threads, settings))
 
 
 def measure_speed(parts: Parts, slug: str, python: Path, candidates: list[Candidate], speed: SpeedSpec,
@@ -325,7 +319,8 @@ def default_rule(candidates: list[Candidate], original: str | None) -> list[tupl
     if ours is None:
         return [("the defaults were measured", False, f"no 'default' candidate at ratio {OPTIONS['ratio']:g}")]
     for key, on in ours.frontier.items():
-        checks.append((f"on the frontier at {key}", on, f"{ours.speedup[key]:.2f}x, hf_error {ours.quality[QUALITY_KEY]:.3f}"))
+        figures = f"{ours.speedup[key]:.2f}x, hf_error {ours.quality[QUALITY_KEY]:.3f}"
+        checks.append((f"on the frontier at {key}", on, figures))
     reference = _find(candidates, original, "default", 0.5) if original else None
     if reference is None or not reference.quality:
         checks.append(("images changed no more than tomesd 0.1.3 at 0.5", None, "0.1.3 not measured"))
