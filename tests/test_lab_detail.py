@@ -92,15 +92,18 @@ def test_flat_references():
     assert high_frequency_retained(noisy, flat) == math.inf and high_frequency_error(noisy, flat) == math.inf
 
 
-def test_summaries_give_the_mean_and_the_worst_image(striped):
+def test_summaries_give_the_mean_the_median_and_the_worst_image(striped):
     reference = np.asarray(striped)
     images = [reference.copy(), _blur(striped, 1.5), np.roll(reference, 1, axis=0)]
     summary = summarize_detail(images, [reference] * 3)
     assert set(summary) == set(METRICS)
     assert summary["hf_retained"].worst_index == 1  # the blurred one
     assert summary["gms_mean"].worst_index != 0
-    assert summarize([3.0, 1.0, 2.0], higher_is_better=True) == DetailSummary(2.0, 1.0, 1)
-    assert summarize([3.0, 1.0, 2.0], higher_is_better=False) == DetailSummary(2.0, 3.0, 0)
+    assert summarize([3.0, 1.0, 2.0], higher_is_better=True) == DetailSummary(2.0, 2.0, 1.0, 1)
+    assert summarize([3.0, 1.0, 2.0], higher_is_better=False) == DetailSummary(2.0, 2.0, 3.0, 0)
+    # one image far off moves the mean, not the median
+    outlier = summarize([0.1, 0.2, 0.3, 33.0], higher_is_better=False)
+    assert outlier.mean == pytest.approx(8.4) and outlier.median == pytest.approx(0.25) and outlier.worst_index == 3
 
 
 @pytest.mark.parametrize(("call", "error", "match"), [

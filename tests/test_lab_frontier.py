@@ -135,6 +135,7 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     merged = by_name[(OURS, "all")]
     assert merged["deviation"]["sd15:128"] > 0 and merged["quality"]["psnr"] < math.inf  # it merged
     assert merged["quality"]["hf_error"] > 0
+    assert 0 <= merged["quality"]["hf_error_median"] <= merged["quality"]["hf_error_worst"]
     # the tiny U-Net at 128 px has fewer tokens than min_tokens: the defaults merge nothing there, exactly;
     # the tiny pipeline's VAE halves its 64 px images: a 32 x 32 latent, exactly min_tokens, so they merge
     assert by_name[(OURS, "default")]["deviation"]["sd15:128"] == 0
@@ -165,3 +166,13 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     assert "measuring" not in capsys.readouterr().err
     kv2 = next(c for c in json.loads((out / "frontier.json").read_text())["candidates"] if c["variant"] == "kv2")
     assert kv2["deviation"]["sd15:128"] > 0 and kv2["quality"]["psnr"] < math.inf
+    # one ARCH:PX selected twice (other variants at each): one column, only the selected settings timed there
+    speed_at = argv.index("--speed") + 1
+    twice = [*argv[:speed_at], "sd15:128::all", "sd15:128::kv2", *argv[speed_at + 1:],
+             "--variant", "kv2:min_tokens=0,kv_downsample=2"]
+    assert frontier_main(twice) == 0
+    assert "measuring" not in capsys.readouterr().err  # both were timed before
+    table = (out / "frontier.md").read_text()
+    assert table.count("sd15:128 speedup") == 1
+    timed = {c["variant"] for c in json.loads((out / "frontier.json").read_text())["candidates"] if c["speedup"]}
+    assert timed == {"all", "kv2"}

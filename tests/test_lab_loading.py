@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tomesd.lab.loading import default_settings, load_pipeline, parse_dtype
+from tomesd.lab.loading import check_source, default_settings, load_pipeline, parse_dtype
 
 
 def test_loads_a_diffusers_folder_on_the_device_and_dtype(tiny_pipeline_dir):
@@ -157,10 +157,27 @@ def test_demo_defaults_come_from_the_demo_model():
     demo = pytest.importorskip("tomesd.demo", reason="the demo model has not landed on this branch yet")
     defaults = default_settings("demo")
     assert defaults["size"] == demo.DEFAULT_SIZE and defaults["prompts"] == list(demo.EXAMPLE_PROMPTS)
-    # the shipped folders by path (the textured one has no name of its own) draw at the demo's settings too,
-    # not at 512 px and 25 steps, which on a model trained at 128 px takes minutes per image
-    for folder in (demo.TEXTURED_MODEL_DIR, demo.DEMO_MODEL_DIR, os.path.relpath(demo.TEXTURED_MODEL_DIR)):
+    # the shipped folders by path or by name draw at the demo's settings too, not at 512 px and 25 steps,
+    # which on a model trained at 128 px takes minutes per image
+    for folder in (demo.TEXTURED_MODEL_DIR, demo.DEMO_MODEL_DIR, os.path.relpath(demo.TEXTURED_MODEL_DIR),
+                   "demo-textured", " demo-textured "):
         assert default_settings(folder) == defaults
+
+
+def test_the_textured_demo_model_loads_by_name_and_refuses_a_config():
+    from tomesd.demo import TEXTURED_MODEL_DIR
+
+    from safetensors.torch import load_file
+
+    pipe = load_pipeline("demo-textured")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    shipped = load_file(TEXTURED_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    plain = load_pipeline("demo").unet.state_dict()
+    name = "conv_in.weight"
+    assert torch.equal(pipe.unet.state_dict()[name], shipped[name]) and not torch.equal(plain[name], shipped[name])
+    assert check_source(" demo-textured ") == "demo-textured"
+    with pytest.raises(ValueError, match="only applies to a single .safetensors"):
+        check_source("demo-textured", config="x")
 
 
 @pytest.mark.parametrize(

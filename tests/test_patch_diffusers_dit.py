@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -395,6 +396,11 @@ def test_sana_is_refused_at_apply_time_with_the_reason(tmp_path):
     pipe, _ = diffusers_zoo.PIPELINES["SanaPipeline"](tmp_path)
     with pytest.raises(ValueError, match="SanaTransformer2DModel"):
         tomesd.apply_patch(pipe)
+    # merge_report refuses it alike, before any word about a capped ratio (the refusal is the news)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="SanaTransformer2DModel: Sana's self-attention is linear"):
+            merge_report(model, (32, 32), ratio=0.9)
 
 
 @pytest.mark.parametrize("name,block,submodule", [

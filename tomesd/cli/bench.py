@@ -40,8 +40,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--arch", nargs="*", default=["sd15"], choices=ARCHS,
                         help="sd15/sdxl: full-size U-Net forward; pipeline: whole generations of --model; none: "
                              "only --quality")
-    parser.add_argument("--model", default=DEMO, help="for --arch pipeline: 'demo' (default), a folder, a "
-                        ".safetensors file or a model id")
+    parser.add_argument("--model", default=DEMO, help="for --arch pipeline: 'demo' (default), 'demo-textured', "
+                        "a folder, a .safetensors file or a model id")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                         help="patch options to compare, e.g. 'mlp:merge_mlp=true' (repeatable; default: the "

@@ -39,8 +39,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5],
                         help="merge ratios, 0 <= ratio < 1 (default: 0 0.5; 0 is the baseline of the speedups)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (images, logs, summary)")
-    parser.add_argument("--model", default=DEMO, help="'demo' (default), a diffusers folder, a .safetensors "
-                        "file or a model id")
+    parser.add_argument("--model", default=DEMO, help="'demo' (default), 'demo-textured', a diffusers folder, a "
+                        ".safetensors file or a model id")
     parser.add_argument("--config", help="for a single .safetensors --model: a diffusers folder or model id with "
                         "its architecture's configs and tokenizer (default: its base model, from the hub or cache)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's usual)")

@@ -59,9 +59,11 @@ METRICS: dict[str, bool] = {"hf_error": False, "hf_retained": True, "gmsd": Fals
 
 @dataclass(frozen=True)
 class DetailSummary:
-    """One metric over a set of images: its mean, its worst value and which image (index) gave it."""
+    """One metric over a set of images: its mean, its median (steadier when one image is far off), its worst
+    value and which image (index) gave it."""
 
     mean: float
+    median: float
     worst: float
     worst_index: int
 
@@ -165,7 +167,7 @@ def detail_scores(images: Sequence[ImageLike], references: Sequence[ImageLike],
 
 
 def summarize(values: Sequence[float], higher_is_better: bool) -> DetailSummary:
-    """Mean and worst of ``values`` (the lowest if ``higher_is_better``, else the highest).
+    """Mean, median and worst of ``values`` (the lowest if ``higher_is_better``, else the highest).
 
     Raises:
         ValueError: ``values`` is empty.
@@ -174,12 +176,12 @@ def summarize(values: Sequence[float], higher_is_better: bool) -> DetailSummary:
         raise ValueError("cannot summarize no values")
     array = np.asarray(values, dtype=np.float64)
     index = int(array.argmin() if higher_is_better else array.argmax())
-    return DetailSummary(float(array.mean()), float(array[index]), index)
+    return DetailSummary(float(array.mean()), float(np.median(array)), float(array[index]), index)
 
 
 def summarize_detail(images: Sequence[ImageLike], references: Sequence[ImageLike],
                      cutoff: float = DEFAULT_CUTOFF) -> dict[str, DetailSummary]:
-    """:func:`detail_scores` reduced to mean and worst image per metric — one setting's report.
+    """:func:`detail_scores` reduced to mean, median and worst image per metric — one setting's report.
 
     Raises:
         ValueError, TypeError: as :func:`detail_scores`.

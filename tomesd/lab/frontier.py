@@ -198,8 +198,8 @@ def fingerprint(folder: Path) -> str:
 # ---------------------------------------------------------------- image change on the demo model
 
 def image_quality(reference: Sequence[Any], images: Sequence[Any], prompts: Sequence[str]) -> dict[str, float]:
-    """One setting's images against the unpatched ones: PSNR / SSIM (means), the detail measures (mean and
-    worst), adherence to every asked attribute and to the texture words alone."""
+    """One setting's images against the unpatched ones: PSNR / SSIM (means), the detail measures (mean, median
+    and worst), adherence to every asked attribute and to the texture words alone."""
     from tomesd.lab.detail import summarize_detail
     from tomesd.lab.quality import against_baseline
 
@@ -207,6 +207,7 @@ def image_quality(reference: Sequence[Any], images: Sequence[Any], prompts: Sequ
     quality = {"psnr": metrics.psnr, "ssim": metrics.ssim}
     for name, summary in summarize_detail(images, reference).items():
         quality[name] = summary.mean
+        quality[f"{name}_median"] = summary.median
         quality[f"{name}_worst"] = summary.worst
     quality.update(adherence_scores(images, prompts))
     return quality
@@ -343,15 +344,20 @@ def _find(candidates: list[Candidate], implementation: str | None, variant: str,
 
 # ---------------------------------------------------------------- outputs
 
+def speed_keys(speeds: Sequence[SpeedSpec]) -> list[str]:
+    """The ``ARCH:PX`` measured, once each in the order given: several selectors may time settings at one."""
+    return list(dict.fromkeys(s.key for s in speeds))
+
+
 def frontier_table(candidates: list[Candidate], speeds: Sequence[SpeedSpec], unpatched: dict[str, float]) -> str:
     """One Markdown row per candidate: speedups (a star marks the frontier), deviations, image change."""
-    keys = [s.key for s in speeds]
+    keys = speed_keys(speeds)
     header = ["implementation", "variant", "ratio", *[f"{k} speedup" for k in keys],
-              *[f"{k} deviation" for k in keys], "PSNR dB", "SSIM", "hf_error mean / worst", "GMSD mean / worst",
-              "hf kept", "adherence", "texture adh."]
+              *[f"{k} deviation" for k in keys], "PSNR dB", "SSIM", "hf_error mean / median / worst",
+              "GMSD mean / worst", "hf kept", "adherence", "texture adh."]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines.append("| " + " | ".join(["unpatched", "", "0", *["1.00x"] * len(keys), *["0"] * len(keys), "inf", "1.000",
-                                    "0 / 0", "0 / 0", "1.00", f"{unpatched['adherence']:.3f}",
+                                    "0 / 0 / 0", "0 / 0", "1.00", f"{unpatched['adherence']:.3f}",
                                     f"{unpatched['texture_adherence']:.3f}"]) + " |")
     for c in candidates:
         speed = [f"{c.speedup[k]:.2f}x" + (" *" if c.frontier.get(k) else "") if k in c.speedup else "-" for k in keys]
@@ -359,7 +365,8 @@ def frontier_table(candidates: list[Candidate], speeds: Sequence[SpeedSpec], unp
         q = c.quality
         lines.append("| " + " | ".join([
             c.implementation, c.variant, f"{c.ratio:g}", *speed, *deviation, f"{q['psnr']:.2f}", f"{q['ssim']:.3f}",
-            f"{q['hf_error']:.3f} / {q['hf_error_worst']:.3f}", f"{q['gmsd']:.3f} / {q['gmsd_worst']:.3f}",
+            f"{q['hf_error']:.3f} / {q['hf_error_median']:.3f} / {q['hf_error_worst']:.3f}",
+            f"{q['gmsd']:.3f} / {q['gmsd_worst']:.3f}",
             f"{q['hf_retained']:.2f}", f"{q['adherence']:.3f}", f"{q['texture_adherence']:.3f}"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -386,11 +393,11 @@ def plot_frontier(candidates: list[Candidate], speeds: Sequence[SpeedSpec], path
         ax.tick_params(labelsize=7)
         figure.savefig(path, dpi=110)
         return
-    figure = Figure(figsize=(4.6 * len(speeds), 8), layout="constrained")
-    axes = figure.subplots(2, len(speeds), squeeze=False)
+    keys = speed_keys(speeds)
+    figure = Figure(figsize=(4.6 * len(keys), 8), layout="constrained")
+    axes = figure.subplots(2, len(keys), squeeze=False)
     groups = dict.fromkeys((c.implementation, c.variant) for c in candidates)
-    for column, speed in enumerate(speeds):
-        key = speed.key
+    for column, key in enumerate(keys):
         for row, (measure, label) in enumerate(((lambda c: c.quality.get(QUALITY_KEY), "image change on the demo "
                                                  "model: mean high-frequency error"),
                                                 (lambda c: c.deviation.get(key), f"{key} random-weights deviation"))):
@@ -466,7 +473,8 @@ def run_frontier(run: FrontierRun) -> str:
     for speed in run.speeds:
         for name, exe in python.items():
             measure_speed(parts, slug(name), exe, by_implementation[name], speed, run)
-        mark_frontier(candidates, speed.key)
+    for key in speed_keys(run.speeds):
+        mark_frontier(candidates, key)
     checks = default_rule(candidates, original)
     return write_frontier(run, candidates, unpatched, checks, prompts, reference)
 

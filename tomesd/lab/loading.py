@@ -3,6 +3,7 @@
 A *model source* is one of:
 
 * ``"demo"`` (or ``None``): the embedded demo model, works offline (:func:`tomesd.demo.load_pipeline`);
+* ``"demo-textured"``: the shipped textured demo model (stripes, checks, dots; ``tomesd.demo.TEXTURED_MODEL_DIR``);
 * a local folder in diffusers format (``model_index.json`` inside), e.g. written by ``save_pretrained``;
 * a single ``.safetensors`` checkpoint in the original Stable Diffusion layout (SD 1.x/2.x/XL); it holds
   weights only, the configs and tokenizer come from ``config=`` or its base model (hub or local cache);
@@ -23,11 +24,12 @@ import torch
 from tomesd.lab.timing import DENOISERS
 
 __all__ = [
-    "ATTENTION", "DEMO", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source", "default_settings",
-    "load_pipeline", "parse_device", "parse_dtype", "pipeline_class_name",
+    "ATTENTION", "DEMO", "DEMO_TEXTURED", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source",
+    "default_settings", "load_pipeline", "parse_device", "parse_dtype", "pipeline_class_name",
 ]
 
 DEMO = "demo"
+DEMO_TEXTURED = "demo-textured"
 # How the pipeline's weights are placed: all on ``device``, or kept on the CPU and moved to the GPU per model
 # (diffusers' enable_model_cpu_offload) or per layer (enable_sequential_cpu_offload: least memory, slowest).
 OFFLOAD = ("none", "model", "sequential")
@@ -91,9 +93,12 @@ def pipeline_class_name(source: str | Path | None) -> str | None:
 
 
 def is_demo_folder(source: str | Path) -> bool:
-    """Whether ``source`` is the path of a shipped demo pipeline folder (the plain or the textured one)."""
+    """Whether ``source`` is the path of a shipped demo pipeline folder (the plain or the textured one), or
+    :data:`DEMO_TEXTURED`."""
     from tomesd import demo
 
+    if str(source).strip() == DEMO_TEXTURED:
+        return True
     path = Path(str(source).strip()).expanduser()
     return path.is_dir() and path.resolve() in (demo.DEMO_MODEL_DIR.resolve(), demo.TEXTURED_MODEL_DIR.resolve())
 
@@ -161,6 +166,10 @@ def load_pipeline(
         from tomesd.demo import load_pipeline as load_demo
 
         pipe = load_demo(device=device, dtype=dtype)
+    elif source == DEMO_TEXTURED:
+        from tomesd.demo import TEXTURED_MODEL_DIR
+
+        pipe = _load_user_pipeline(str(TEXTURED_MODEL_DIR), dtype, None)
     else:
         pipe = _load_user_pipeline(source, dtype, config)
     if not any(getattr(pipe, name, None) is not None for name in DENOISERS):
@@ -189,9 +198,9 @@ def check_source(source: str | Path | None, config: str | Path | None = None) ->
             or ``config`` given for anything but a single file.
     """
     source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
-    if config is not None and (source == DEMO or not source.endswith(".safetensors")):
+    if config is not None and not source.endswith(".safetensors"):
         raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
-    if source == DEMO:
+    if source in (DEMO, DEMO_TEXTURED):
         return source
     path = Path(source).expanduser()
     if path.is_dir():
@@ -206,7 +215,7 @@ def check_source(source: str | Path | None, config: str | Path | None = None) ->
         _single_file_architecture(path)
     elif source.endswith(".safetensors") or not _MODEL_ID.match(source):
         raise ValueError(
-            f"model {source!r} not found: expected 'demo', an existing diffusers folder, an existing "
+            f"model {source!r} not found: expected 'demo', 'demo-textured', an existing diffusers folder, an existing "
             ".safetensors file, or a model id like 'owner/name'"
         )
     return source

@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Parse the command line and serve the app until interrupted."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--model", default=DEMO,
-                        help="'demo' (default, offline), a diffusers folder, a .safetensors file or a model id")
+                        help="'demo' (default, offline), 'demo-textured', a diffusers folder, a .safetensors file or "
+                             "a model id")
     parser.add_argument("--config", help="for a single .safetensors --model: a diffusers folder or model id with its "
                         "architecture's configs and tokenizer (default: its base model, from the hub or cache)")
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1 (default: cpu)")

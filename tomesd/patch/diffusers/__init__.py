@@ -246,10 +246,11 @@ def merge_report(model: Any, latent_size: tuple[int, int], **options: Any) -> li
         ValueError / TypeError: as :func:`apply` would.
     """
     opts = DiffusersOptions(**options)
+    targets = find_targets(model)  # a model the patch refuses is refused before any warning about the ratio
     opts.warn_if_capped(stacklevel=2)
     height, width = latent_size
     reports = []
-    for root, kind in find_targets(model):
+    for root, kind in targets:
         selected = selected_blocks(root, kind, opts)
         names = {module: name for name, module in root.named_modules()}
         for block, level in kind.locate(root, kind).items():
