@@ -165,9 +165,9 @@ def test_demo_defaults_come_from_the_demo_model():
 
 
 def test_the_textured_demo_model_loads_by_name_and_refuses_a_config():
-    from tomesd.demo import TEXTURED_MODEL_DIR
-
     from safetensors.torch import load_file
+
+    from tomesd.demo import TEXTURED_MODEL_DIR
 
     pipe = load_pipeline("demo-textured")
     assert type(pipe).__name__ == "StableDiffusionPipeline"

@@ -43,8 +43,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--speed", nargs="*", default=["sd15:512"], metavar="ARCH:PX[:R+R]",
                         help="U-Net speed measurements: sd15:512 (every candidate), sdxl:1024:0.5 (that ratio only), "
                              "sd15:1024:0.5:default+no-mlp (those variants only; 'default' includes tomesd "
-                             "0.1.3's); one ARCH:PX given twice times both selections there, in one column; none: the images "
-                             "only")
+                             "0.1.3's); one ARCH:PX given twice times both selections there, in one column; "
+                             "none: the images only")
     parser.add_argument("--count", type=int, default=24, help="held-out prompts drawn per setting")
     parser.add_argument("--plain", action="store_true", help="plain-shape prompts instead of textured ones")
     parser.add_argument("--repeats", type=int, default=3)
