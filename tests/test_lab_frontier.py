@@ -40,9 +40,9 @@ def test_the_frontier_holds_exactly_the_undominated_candidates():
 
 
 def test_the_defaults_rule_names_each_criterion_and_its_figures():
-    ours = _candidate("default", 1.35, 0.1)
+    ours = _candidate("default", 1.35, 0.1, ratio=frontier.OPTIONS["ratio"])  # the rule reads the default ratio
     ours.speedup["sdxl:1024"] = 1.4
-    original = _candidate("default", 1.1, 0.2, implementation="tomesd 0.1.3")
+    original = _candidate("default", 1.1, 0.2, implementation="tomesd 0.1.3")  # 0.1.3 is compared at 0.5
     candidates = [ours, original, _candidate("no-mlp", 1.2, 0.05)]
     mark_frontier(candidates, "sd15:512")
     checks = {criterion: (passed, figures) for criterion, passed, figures in default_rule(candidates, "tomesd 0.1.3")}
@@ -124,7 +124,8 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     monkeypatch.setattr(tomesd.demo, "DEFAULT_SIZE", 64)
     monkeypatch.setitem(frontier.UNET_CONFIGS, "sd15", TINY)
     out = tmp_path / "frontier"
-    argv = ["--model", str(tiny_pipeline_dir), "--ratios", "0.5", "--variant", "all:min_tokens=0", "--speed",
+    ratio = frontier.OPTIONS["ratio"]  # the defaults rule reads our default ratio
+    argv = ["--model", str(tiny_pipeline_dir), "--ratios", f"{ratio:g}", "--variant", "all:min_tokens=0", "--speed",
             "sd15:128", "--count", "2", "--repeats", "1", "--threads", "1", "--compare-013", sys.executable,
             "--out", str(out)]
     assert frontier_main(argv) == 0
@@ -157,7 +158,7 @@ def test_frontier_end_to_end_on_tiny_models_resumes_from_its_parts(tiny_pipeline
     # one more variant: only its images and its timing are measured, in a part of their own
     assert frontier_main([*argv, "--variant", "kv2:min_tokens=0,kv_downsample=2"]) == 0
     more = capsys.readouterr().err
-    kv2_key = Candidate(OURS, "kv2", 0.5, {"min_tokens": 0, "kv_downsample": 2}).key
+    kv2_key = Candidate(OURS, "kv2", ratio, {"min_tokens": 0, "kv_downsample": 2}).key
     assert more.count("measuring") == 2 and f"images-ours-{kv2_key}: measuring" in more
     assert "speed-ours-sd15-128-1: measuring" in more
     # the same options under another label are found measured: nothing is drawn or timed again

@@ -259,13 +259,13 @@ def test_flux_single_block_equals_its_by_hand_computation():
     captured = {}
     block.register_forward_pre_hook(lambda m, a, k: captured.update(k), with_kwargs=True)
     block.register_forward_hook(lambda m, a, k, out: captured.update(out=out), with_kwargs=True)
-    tomesd.apply_patch(model, ratio=0.5, min_tokens=0, use_rand=False)
+    tomesd.apply_patch(model, ratio=0.5, min_tokens=0, use_rand=False, matching="global")
     with torch.no_grad():
         _out(model, kwargs)
         image, text, temb = captured["hidden_states"], captured["encoder_hidden_states"], captured["temb"]
         t = text.shape[1]
         metric = image / image.norm(dim=-1, keepdim=True)
-        plan = bipartite_soft_matching_random2d(metric, image.shape[1], 1, 4, 1, 32, None, local=True)
+        plan = bipartite_soft_matching_random2d(metric, image.shape[1], 1, 4, 1, 32, None, local=False)
         x = torch.cat([text, image], dim=1)
         normed, gate = block.norm(x, emb=temb)
         short = torch.cat([normed[:, :t], plan.merge(normed[:, t:])], dim=1)  # (1, 8 + 32, C)

@@ -27,8 +27,9 @@ def apply_patch(model: Model, **options: Any) -> Model:
     Diffusers pipelines and models (SD 1.x/2.x/XL, img2img, inpaint, ControlNet, the video U-Nets of
     AnimateDiff, SVD, text-to-video and I2VGen-XL, and the transformers of PixArt-α/Σ, DiT, SD3/SD3.5,
     Flux.1 and Wan 2.x; Sana is refused with its reason) take tomesd 0.1.3's option names and a few more:
-    ``ratio=0.5, max_downsample=None, min_tokens=1024, sx=2, sy=2, use_rand=True, merge_attn=True,
-    merge_crossattn=False, merge_mlp=True, seed=0, kv_downsample=1, matching="local", share_frames=False``
+    ``ratio=0.7, max_downsample=None, min_tokens=1024, sx=2, sy=2, use_rand=True, merge_attn=True,
+    merge_crossattn=False, merge_mlp=True, seed=0, kv_downsample=1, matching="global", share_frames=False,
+    merge_temporal=False``
     (see :mod:`tomesd.patch.diffusers`, whose ``OPTIONS`` and ``HELP`` hold the defaults and their
     meaning). timm Vision Transformers take ``r`` (see :func:`tomesd.patch.timm.apply`); Segment Anything
     encoders see :func:`tomesd.patch.sam.apply`; Hugging Face vision encoders take ``r`` and ``matching``

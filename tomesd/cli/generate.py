@@ -9,7 +9,7 @@ Everything is checked before the model loads: bad input exits with code 2 and a 
 
 Example::
 
-    tomesd generate --prompts prompts.txt --seeds 0 1 --ratios 0 0.5 --out runs/demo
+    tomesd generate --prompts prompts.txt --seeds 0 1 --ratios 0 0.5 0.7 --out runs/demo
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from tomesd.lab.batch import DEFAULT_FPS, SHEET_FILE, Batch, plan_batch, read_prompts, run_batch
 from tomesd.lab.generation import DEFAULT_COMPILE_BACKEND, parse_option, patch_option_defaults
 from tomesd.lab.loading import ATTENTION, DEMO, DTYPES, OFFLOAD
+from tomesd.patch.diffusers.options import OPTIONS
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -36,8 +37,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     source.add_argument("--prompts", type=Path, help="a .txt (one per line), .csv or .jsonl file of prompts")
     source.add_argument("--negative-prompt", default="", help="negative prompt for --prompt prompts")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.5],
-                        help="merge ratios, 0 <= ratio < 1 (default: 0 0.5; 0 is the baseline of the speedups)")
+    default_ratio = OPTIONS["ratio"]
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, default_ratio],
+                        help=f"merge ratios, 0 <= ratio < 1 (default: 0 {default_ratio:g}, the patch's default; 0 is "
+                             "the baseline of the speedups)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (images, logs, summary)")
     parser.add_argument("--model", default=DEMO, help="'demo' (default), 'demo-textured', a diffusers folder, a "
                         ".safetensors file or a model id")

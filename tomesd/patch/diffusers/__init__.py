@@ -33,10 +33,12 @@ does) in :data:`.table.MODELS`, and add its test to
 ``tests/test_patch_diffusers_*.py``: ratio 0 bit-identical, ``remove_patch`` bit-identical, token counts.
 
 The defaults differ from tomesd 0.1.3 where measurements said so (see the README's frontier section):
-blocks are chosen by token count (``min_tokens``) rather than level, the MLP is merged too, and matching
-stays within each cell. Keys and values are not pooled by default (``kv_downsample=1``): pooling them 2x2
-erased fine textures on the textured demo model for no speed at SD 1.5 512 px. 0.1.3's behaviour is
-``max_downsample=1, min_tokens=0, merge_mlp=False, kv_downsample=1, matching="global"``.
+blocks are chosen by token count (``min_tokens``) rather than level, the MLP is merged too, and the default
+ratio is 0.7. Matching is global (any destination) as in 0.1.3: on the textured demo model it changed fine
+detail less than matching within each cell at every speed measured, and at 0.7 it is faster than local
+matching at 0.5. Keys and values are not pooled (``kv_downsample=1``): pooling them 2x2 erased fine textures
+for no speed at SD 1.5 512 px. 0.1.3's behaviour is ``ratio=0.5, max_downsample=1, min_tokens=0,
+merge_mlp=False``.
 """
 
 from __future__ import annotations
