@@ -397,17 +397,18 @@ def plot_frontier(candidates: list[Candidate], speeds: Sequence[SpeedSpec], path
     figure = Figure(figsize=(4.6 * len(keys), 8), layout="constrained")
     axes = figure.subplots(2, len(keys), squeeze=False)
     groups = dict.fromkeys((c.implementation, c.variant) for c in candidates)
+    styles = {group: _line_style(index, group[0] == OURS) for index, group in enumerate(groups)}
     for column, key in enumerate(keys):
-        for row, (measure, label) in enumerate(((lambda c: c.quality.get(QUALITY_KEY), "image change on the demo "
-                                                 "model: mean high-frequency error"),
+        for row, (measure, label) in enumerate(((lambda c: c.quality.get(QUALITY_KEY), "image change: mean "
+                                                 "high-frequency error"),
                                                 (lambda c: c.deviation.get(key), f"{key} random-weights deviation"))):
             ax = axes[row][column]
             for implementation, variant in groups:
                 points = [c for c in candidates if (c.implementation, c.variant) == (implementation, variant)
                           and key in c.speedup and measure(c) is not None]
                 if points:
-                    ax.plot([measure(c) for c in points], [c.speedup[key] for c in points], marker="o",
-                            label=f"{implementation} {variant}")
+                    ax.plot([measure(c) for c in points], [c.speedup[key] for c in points],
+                            label=f"{implementation} {variant}", **styles[(implementation, variant)])
                     for c in points:
                         ax.annotate(f"{c.ratio:g}", (measure(c), c.speedup[key]), fontsize=6,
                                     xytext=(3, 3), textcoords="offset points")
@@ -419,6 +420,15 @@ def plot_frontier(candidates: list[Candidate], speeds: Sequence[SpeedSpec], path
             ax.xaxis.label.set_fontsize(8)
             ax.legend(fontsize=6)
     figure.savefig(path, dpi=110)
+
+
+def _line_style(index: int, ours: bool) -> dict[str, Any]:
+    """One (implementation, variant) line's look, the same in every panel: ten colours, then new markers
+    (more than ten lines would repeat a colour), and another implementation dotted."""
+    from matplotlib import colormaps
+
+    return {"color": colormaps["tab10"](index % 10), "marker": "os^Dv"[index // 10 % 5],
+            "linestyle": "-" if ours else ":"}
 
 
 # ---------------------------------------------------------------- the run
