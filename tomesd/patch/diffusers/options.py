@@ -65,8 +65,8 @@ class DiffusersOptions:
         "in merged self-attention, also average-pool the keys and values over kv_downsample x kv_downsample "
         "patches of the unmerged token grid (ToDo-style): attention then costs (1 - ratio) / kv_downsample^2 "
         "of the original. 1 (the default, as in 0.1.3) is off: 2 erases fine textures (stripes, dots) on the "
-        "textured demo model for no speed at SD 1.5 512 px, and buys ~12% at 1024 px and ~7% on SDXL (the "
-        "README's frontier). Applies where the attention processor is a standard one (see merge_report); "
+        "textured demo model for little speed at SD 1.5 512 px (~2%), and with local matching bought ~12% at "
+        "1024 px and ~7% on SDXL (the README's frontier). Applies where the attention processor is a standard one (see merge_report); "
         "fused QKV projections and custom processors merge without pooling.",
     )
     matching: str = _option(
