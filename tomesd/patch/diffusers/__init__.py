@@ -37,7 +37,7 @@ blocks are chosen by token count (``min_tokens``) rather than level, the MLP is 
 ratio is 0.7. Matching is global (any destination) as in 0.1.3: on the textured demo model it changed fine
 detail less than matching within each cell at every speed measured, and at 0.7 it is faster than local
 matching at 0.5. Keys and values are not pooled (``kv_downsample=1``): pooling them 2x2 erased fine textures
-for no speed at SD 1.5 512 px. 0.1.3's behaviour is ``ratio=0.5, max_downsample=1, min_tokens=0,
+for little speed at SD 1.5 512 px. 0.1.3's behaviour is ``ratio=0.5, max_downsample=1, min_tokens=0,
 merge_mlp=False``.
 """
 
