@@ -27,9 +27,9 @@ class DiffusersOptions:
         0.7,
         "share of the tokens merged away, in [0, 1). Higher is faster and changes the image more. 0.7 (the "
         "default) is, of the ratios measured with global matching (0.3, 0.5, 0.7), the one that keeps SD 1.5 "
-        "512 px above 1.3x; 0.5 changes fine detail less and is slower (the README's frontier). Tokens can only merge into another "
-        "cell's destination, so at most 1 - 1/(sx*sy) of them go: a higher ratio is capped there, with a "
-        "warning (see merge_report for the effective ratio of every block).",
+        "512 px above 1.3x; 0.5 changes fine detail less and is slower (the README's frontier). Tokens can "
+        "only merge into another cell's destination, so at most 1 - 1/(sx*sy) of them go: a higher ratio is "
+        "capped there, with a warning (see merge_report for the effective ratio of every block).",
     )
     max_downsample: int | None = _option(
         None,
@@ -66,8 +66,8 @@ class DiffusersOptions:
         "patches of the unmerged token grid (ToDo-style): attention then costs (1 - ratio) / kv_downsample^2 "
         "of the original. 1 (the default, as in 0.1.3) is off: 2 erases fine textures (stripes, dots) on the "
         "textured demo model for little speed at SD 1.5 512 px (~2%), and with local matching bought ~12% at "
-        "1024 px and ~7% on SDXL (the README's frontier). Applies where the attention processor is a standard one (see merge_report); "
-        "fused QKV projections and custom processors merge without pooling.",
+        "1024 px and ~7% on SDXL (the README's frontier). Applies where the attention processor is a standard "
+        "one (see merge_report); fused QKV projections and custom processors merge without pooling.",
     )
     matching: str = _option(
         "global",
