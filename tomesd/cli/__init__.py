@@ -36,6 +36,8 @@ COMMANDS = {
     "visualize-video-merges": Command("tomesd.cli.visualize_video_merges",
                                       "which VideoMAE tubelets merge across frames, global vs space-time"),
     "train-demo": Command("tomesd.cli.train_demo", "train the demo text-to-image model from scratch and ship it"),
+    "train-demo-motion": Command("tomesd.cli.train_demo_motion",
+                                 "train the demo model's AnimateDiff motion adapter on moving-shape clips"),
     "bench-llm": Command("tomesd.cli.bench_llm", "K-token merging's prefill speed and memory against the full prompt",
                          "llm"),
     "train-ktoken": Command("tomesd.cli.train_ktoken", "train a K-token encoder + LoRA on a local causal LM", "llm"),

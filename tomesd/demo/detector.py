@@ -76,7 +76,8 @@ class Detection:
 
     ``colour`` names the object's colours as captions do (``"red"``, ``"red and white"``); ``fill`` is the
     share of the bounding box its (hole-filled) region covers; ``texture`` is the object's texture name
-    (``outlined`` for an outline), ``background_texture`` the background's."""
+    (``outlined`` for an outline), ``background_texture`` the background's; ``centre`` is the (x, y) pixel
+    centre of the object's region."""
 
     background: str
     colour: str | None
@@ -87,6 +88,7 @@ class Detection:
     background_texture: str | None = None
     texture_period: float | None = None
     background_period: float | None = None
+    centre: tuple[float, float] | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         """The attributes by name, as :func:`tomesd.demo.shapes.parse_caption` names them."""
@@ -145,7 +147,7 @@ def detect(image: Image.Image | np.ndarray) -> Detection:
         first, second = _object_colours(pixels, inner if inner.sum() >= _MIN_TEXTURE_PIXELS else region)
     colour = colour_words(texture.name, first, second) if texture.name in TWO_COLOURED and second else first
     return Detection(background, colour, shape, size, fill, texture.name, ground_texture.name,
-                     texture.period, ground_texture.period)
+                     texture.period, ground_texture.period, (float(cols.mean()), float(rows.mean())))
 
 
 def read_texture(pixels: np.ndarray, mask: np.ndarray) -> Texture:

@@ -226,16 +226,26 @@ def draw(scene: Scene, size: int, rng: random.Random) -> Image.Image:
         ValueError: ``size`` is below 16 pixels, or the scene names an unknown colour, shape, size or
             texture, or one its grammar cannot draw (see :func:`check_scene`).
     """
-    if size < 16:
-        raise ValueError(f"image size must be at least 16 pixels, got {size}")
+    check_size(size)
     check_scene(scene)
-    image = Image.new("RGB", (size, size), COLOURS[scene.background])
     low, high = SIZES[scene.size]
     side = round(size * rng.uniform(low, high))
     margin = max(1, size // 16)
     x0 = rng.randint(margin, size - margin - side)
     y0 = rng.randint(margin, size - margin - side)
-    box = (x0, y0, x0 + side - 1, y0 + side - 1)
+    return paint(scene, size, (x0, y0, x0 + side - 1, y0 + side - 1), rng)
+
+
+def check_size(size: int) -> None:
+    """Raise ``ValueError`` for an image side below 16 pixels."""
+    if size < 16:
+        raise ValueError(f"image size must be at least 16 pixels, got {size}")
+
+
+def paint(scene: Scene, size: int, box: tuple[int, int, int, int], rng: random.Random) -> Image.Image:
+    """Render ``scene`` with its shape in ``box`` (x0, y0, x1, y1, inclusive pixels); ``rng`` sets the
+    textures' phase (a plain scene draws nothing from it)."""
+    image = Image.new("RGB", (size, size), COLOURS[scene.background])
     if scene.texture == "plain" and scene.background_texture == "plain":
         _draw_shape(ImageDraw.Draw(image), scene.shape, box, COLOURS[scene.colour])  # the plain set, unchanged
         return image
