@@ -174,8 +174,36 @@ def test_evaluation_writes_its_report_and_identity_motion_modules_merge_to_nothi
     assert load_video_pipeline(adapter=trained[0]).unet.down_blocks[0].motion_modules is not None
 
 
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--variant", "x:merge_temporal=maybe"], "merge_temporal"), (["--variant", "x:no_such_option=1"], "no_such_option"),
+    (["--ratio", "0"], "above 0"),
+])
+def test_evaluate_motion_refuses_bad_arguments_before_loading_anything(argv, match, capsys):
+    from tomesd.cli.evaluate_motion import main as evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(argv)
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
 def test_loading_explains_a_missing_adapter(tmp_path):
     from tomesd.demo.motion import load_video_pipeline
 
     with pytest.raises(FileNotFoundError, match="train-demo-motion"):
         load_video_pipeline(adapter=tmp_path)
+
+
+def test_the_shipped_adapter_draws_moving_clips_by_name_in_generate(tmp_path):
+    from PIL import Image
+
+    from tomesd.cli.generate import main as generate
+    from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE
+    from tomesd.lab.loading import default_settings
+
+    defaults = default_settings(" demo-motion ")
+    assert (defaults["size"], defaults["frames"]) == (CLIP_SIZE, CLIP_FRAMES)
+    assert generate(["--model", "demo-motion", "--prompt", "a red circle on a blue background", "--steps", "2",
+                     "--ratios", "0", "--no-warmup", "--out", str(tmp_path)]) == 0
+    (gif,) = tmp_path.rglob("*.gif")
+    with Image.open(gif) as clip:
+        assert clip.n_frames == CLIP_FRAMES and clip.size == (CLIP_SIZE, CLIP_SIZE)

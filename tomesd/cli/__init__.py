@@ -29,6 +29,8 @@ COMMANDS = {
     "bench-vision": Command("tomesd.cli.bench_vision", "timm ViT and SAM encoder speed and agreement", "vision"),
     "frontier": Command("tomesd.cli.frontier", "the speed/quality frontier of the patch's settings, and the defaults rule"),
     "evaluate-demo": Command("tomesd.cli.evaluate_demo", "the demo model's prompt adherence and merging's cost"),
+    "evaluate-motion": Command("tomesd.cli.evaluate_motion",
+                               "what merging does to motion: the demo AnimateDiff clips against unmerged ones"),
     "visualize-merges": Command("tomesd.cli.visualize_merges", "ToMe's merge groups of a timm ViT over an image",
                                 "vision"),
     "bench-transformers": Command("tomesd.cli.bench_transformers",

@@ -12,10 +12,11 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 from tomesd.lab.demo_eval import SPLITS, DemoEvaluation, run_evaluation
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_drawing_arguments", "build_parser", "main"]
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -26,17 +27,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--ratios", type=float, nargs="+", default=list(default.ratios),
                         help="merge ratios, including 0 (the reference for PSNR and SSIM)")
     parser.add_argument("--split", choices=SPLITS, default=default.split)
-    parser.add_argument("--steps", type=int, default=default.steps)
-    parser.add_argument("--guidance", type=float, default=default.guidance)
-    parser.add_argument("--size", type=int, default=default.size)
     parser.add_argument("--batch", type=int, default=default.batch, help="prompts per pipeline call")
-    parser.add_argument("--seed", type=int, default=default.seed)
-    parser.add_argument("--threads", type=int, default=default.threads)
-    parser.add_argument("--out", type=Path, default=default.out)
+    add_drawing_arguments(parser, default)
     parser.add_argument("--textures", action="store_true", help="textured prompts (stripes, checks, dots, ...)")
     parser.add_argument("--model", type=Path, help="a pipeline folder of tomesd train-demo --out (default: the "
                         "shipped demo model)")
     return parser
+
+
+def add_drawing_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--steps``, ``--guidance``, ``--size``, ``--seed``, ``--threads`` and ``--out``, defaulting to the
+    attributes of the same names of ``default`` (an evaluation's settings object)."""
+    parser.add_argument("--steps", type=int, default=default.steps)
+    parser.add_argument("--guidance", type=float, default=default.guidance)
+    parser.add_argument("--size", type=int, default=default.size, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=default.seed, help="first seed; also picks the prompts")
+    parser.add_argument("--threads", type=int, default=default.threads)
+    parser.add_argument("--out", type=Path, default=default.out)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -42,8 +42,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help=f"merge ratios, 0 <= ratio < 1 (default: 0 {default_ratio:g}, the patch's default; 0 is "
                              "the baseline of the speedups)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (images, logs, summary)")
-    parser.add_argument("--model", default=DEMO, help="'demo' (default), 'demo-textured', a diffusers folder, a "
-                        ".safetensors file or a model id")
+    parser.add_argument("--model", default=DEMO, help="'demo' (default), 'demo-textured', 'demo-motion' (clips), a "
+                        "diffusers folder, a .safetensors file or a model id")
     parser.add_argument("--config", help="for a single .safetensors --model: a diffusers folder or model id with "
                         "its architecture's configs and tokenizer (default: its base model, from the hub or cache)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's usual)")
@@ -62,7 +62,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              f"{DEFAULT_COMPILE_BACKEND}; 'eager' to check the path fast); the warm-up compiles and "
                              "its time is reported apart from the it/s")
     video = parser.add_argument_group("video pipelines (AnimateDiff, Stable Video Diffusion, Wan)")
-    video.add_argument("--frames", type=int, help="frames per video (default: the pipeline's)")
+    video.add_argument("--frames", type=int, help="frames per video (default: the pipeline's; demo-motion: 8)")
     video.add_argument("--image", type=Path, help="the conditioning image of an image-to-video pipeline (SVD)")
     video.add_argument("--fps", type=int, default=DEFAULT_FPS, help=f"frames per second of the GIFs (default "
                        f"{DEFAULT_FPS})")

@@ -281,7 +281,7 @@ def plan_batch(
         "height": defaults["size"] if height is None else height,
         "dtype": dtype,
         "patch_options": check_patch_options(patch_options or {}, ratios),
-        "frames": frames,
+        "frames": defaults.get("frames") if frames is None else frames,
         "image": None if image is None else str(Path(image).expanduser().resolve()),
         "compile": compile,
     }

@@ -4,6 +4,8 @@ A *model source* is one of:
 
 * ``"demo"`` (or ``None``): the embedded demo model, works offline (:func:`tomesd.demo.load_pipeline`);
 * ``"demo-textured"``: the shipped textured demo model (stripes, checks, dots; ``tomesd.demo.TEXTURED_MODEL_DIR``);
+* ``"demo-motion"``: the demo model with its trained motion adapter, an AnimateDiff pipeline drawing 8-frame
+  clips of moving shapes (``tomesd.demo.motion``);
 * a local folder in diffusers format (``model_index.json`` inside), e.g. written by ``save_pretrained``;
 * a single ``.safetensors`` checkpoint in the original Stable Diffusion layout (SD 1.x/2.x/XL); it holds
   weights only, the configs and tokenizer come from ``config=`` or its base model (hub or local cache);
@@ -24,12 +26,13 @@ import torch
 from tomesd.lab.timing import DENOISERS
 
 __all__ = [
-    "ATTENTION", "DEMO", "DEMO_TEXTURED", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source",
+    "ATTENTION", "DEMO", "DEMO_MOTION", "DEMO_TEXTURED", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source",
     "default_settings", "load_pipeline", "parse_device", "parse_dtype", "pipeline_class_name",
 ]
 
 DEMO = "demo"
 DEMO_TEXTURED = "demo-textured"
+DEMO_MOTION = "demo-motion"
 # How the pipeline's weights are placed: all on ``device``, or kept on the CPU and moved to the GPU per model
 # (diffusers' enable_model_cpu_offload) or per layer (enable_sequential_cpu_offload: least memory, slowest).
 OFFLOAD = ("none", "model", "sequential")
@@ -105,14 +108,21 @@ def is_demo_folder(source: str | Path) -> bool:
 
 def default_settings(source: str | Path | None = DEMO) -> dict[str, Any]:
     """Image size, steps, guidance and example prompts suited to ``source``: the demo model's own (also for the
-    path of a shipped demo folder, e.g. ``tomesd.demo.TEXTURED_MODEL_DIR``), the usual
+    path of a shipped demo folder, e.g. ``tomesd.demo.TEXTURED_MODEL_DIR``; :data:`DEMO_MOTION` adds its
+    clips' frame count and draws at their size), the usual
     ones of a folder's pipeline class (:data:`CLASS_DEFAULTS`, e.g. Flux's distilled guidance 3.5 at 1024 px),
     or usual SD 1.x values for any other model.
 
     Returns:
-        A dict with keys ``size`` (int, pixels), ``steps`` (int), ``guidance`` (float), ``prompts`` (list).
+        A dict with keys ``size`` (int, pixels), ``steps`` (int), ``guidance`` (float), ``prompts`` (list),
+        and for :data:`DEMO_MOTION` ``frames`` (int).
     """
     from tomesd import demo
+
+    if source is not None and str(source).strip() == DEMO_MOTION:
+        from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE
+
+        return {**default_settings(DEMO), "size": CLIP_SIZE, "frames": CLIP_FRAMES}
 
     if source is not None and str(source).strip() not in ("", DEMO) and not is_demo_folder(source):
         return {**USER_MODEL_DEFAULTS, **CLASS_DEFAULTS.get(pipeline_class_name(source), {})}
@@ -170,6 +180,10 @@ def load_pipeline(
         from tomesd.demo import TEXTURED_MODEL_DIR
 
         pipe = _load_user_pipeline(str(TEXTURED_MODEL_DIR), dtype, None)
+    elif source == DEMO_MOTION:
+        from tomesd.demo.motion import load_video_pipeline
+
+        pipe = load_video_pipeline(dtype=dtype)
     else:
         pipe = _load_user_pipeline(source, dtype, config)
     if not any(getattr(pipe, name, None) is not None for name in DENOISERS):
@@ -200,7 +214,7 @@ def check_source(source: str | Path | None, config: str | Path | None = None) ->
     source = DEMO if source is None or str(source).strip() in ("", DEMO) else str(source).strip()
     if config is not None and not source.endswith(".safetensors"):
         raise ValueError(f"config={str(config)!r} only applies to a single .safetensors checkpoint, not {source!r}")
-    if source in (DEMO, DEMO_TEXTURED):
+    if source in (DEMO, DEMO_TEXTURED, DEMO_MOTION):
         return source
     path = Path(source).expanduser()
     if path.is_dir():
@@ -215,8 +229,8 @@ def check_source(source: str | Path | None, config: str | Path | None = None) ->
         _single_file_architecture(path)
     elif source.endswith(".safetensors") or not _MODEL_ID.match(source):
         raise ValueError(
-            f"model {source!r} not found: expected 'demo', 'demo-textured', an existing diffusers folder, an existing "
-            ".safetensors file, or a model id like 'owner/name'"
+            f"model {source!r} not found: expected 'demo', 'demo-textured', 'demo-motion', an existing diffusers "
+            "folder, an existing .safetensors file, or a model id like 'owner/name'"
         )
     return source
 
