@@ -155,13 +155,13 @@ def _motion_rows(model, inputs):
 def test_merge_temporal_runs_the_motion_modules_on_the_merged_places_the_report_predicts():
     model, inputs = tiny.video_unet("motion"), tiny.video_inputs("motion")  # batch 2, 16x16 latent
     full = _motion_rows(model, inputs)
-    tomesd.apply_patch(model, ratio=0.5, **ANY)
-    assert _motion_rows(model, inputs) == full  # off by default: every place
-    tomesd.apply_patch(model, ratio=0.5, merge_temporal=True, **ANY)
-    report = [r for r in merge_report(model, (16, 16), ratio=0.5, merge_temporal=True, **ANY) if "motion" in r.name]
+    tomesd.apply_patch(model, ratio=0.5, merge_temporal=False, **ANY)
+    assert _motion_rows(model, inputs) == full  # switched off: every place
+    tomesd.apply_patch(model, ratio=0.5, **ANY)  # on by default
+    report = [r for r in merge_report(model, (16, 16), ratio=0.5, **ANY) if "motion" in r.name]
     assert len(report) == len(full) and all(r.submodules == ("the whole motion module",) for r in report)
     assert _motion_rows(model, inputs) == [2 * (r.tokens - r.merged) for r in report] == [n // 2 for n in full]
-    off = merge_report(model, (16, 16), ratio=0.5, **ANY)
+    off = merge_report(model, (16, 16), ratio=0.5, merge_temporal=False, **ANY)
     assert {r.reason for r in off if "motion" in r.name} == {"motion module: merge_temporal=False"}
 
 
@@ -173,7 +173,7 @@ def test_merge_temporal_keeps_the_skip_connection_exact():
         if type(module).__name__ == "AnimateDiffTransformer3D":
             torch.nn.init.zeros_(module.proj_out.weight)
             torch.nn.init.zeros_(module.proj_out.bias)
-    tomesd.apply_patch(model, ratio=0.5, **ANY)
+    tomesd.apply_patch(model, ratio=0.5, merge_temporal=False, **ANY)
     spatial_only = _run(model, inputs)
     tomesd.apply_patch(model, ratio=0.5, merge_temporal=True, **ANY)
     assert torch.equal(_run(model, inputs), spatial_only)

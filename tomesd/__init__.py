@@ -29,7 +29,7 @@ def apply_patch(model: Model, **options: Any) -> Model:
     Flux.1 and Wan 2.x; Sana is refused with its reason) take tomesd 0.1.3's option names and a few more:
     ``ratio=0.7, max_downsample=None, min_tokens=1024, sx=2, sy=2, use_rand=True, merge_attn=True,
     merge_crossattn=False, merge_mlp=True, seed=0, kv_downsample=1, matching="global", share_frames=False,
-    merge_temporal=False``
+    merge_temporal=True``
     (see :mod:`tomesd.patch.diffusers`, whose ``OPTIONS`` and ``HELP`` hold the defaults and their
     meaning). timm Vision Transformers take ``r`` (see :func:`tomesd.patch.timm.apply`); Segment Anything
     encoders see :func:`tomesd.patch.sam.apply`; Hugging Face vision encoders take ``r`` and ``matching``

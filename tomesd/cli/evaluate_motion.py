@@ -4,7 +4,7 @@
 Example::
 
     tomesd evaluate-motion --count 16 --threads 2
-    tomesd evaluate-motion --variant "defaults:" --variant "temporal:merge_temporal=true" --ratio 0.5
+    tomesd evaluate-motion --variant "spatial:merge_temporal=false" --variant "defaults:" --ratio 0.5
 """
 
 from __future__ import annotations

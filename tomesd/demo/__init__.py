@@ -9,7 +9,8 @@ work offline with a model that really draws what it is asked::
 Prompts follow the grammar of its training captions, ``a [small|large] <colour> <shape> [on a <colour>
 background]`` (see :mod:`tomesd.demo.shapes`); :mod:`tomesd.demo.detector` checks what an image shows.
 The generator and the detector also know textures (``a red and white vertical striped circle on a blue
-dotted background``); ``tomesd train-demo``'s texture stages teach them to the model.
+dotted background``); ``tomesd train-demo``'s texture stages teach them to the model. A motion adapter
+trained on moving-shape clips makes it a video model (:mod:`tomesd.demo.motion`, ``tomesd train-demo-motion``).
 """
 
 from __future__ import annotations
