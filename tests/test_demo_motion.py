@@ -175,7 +175,8 @@ def test_evaluation_writes_its_report_and_identity_motion_modules_merge_to_nothi
 
 
 @pytest.mark.parametrize(("argv", "match"), [
-    (["--variant", "x:merge_temporal=maybe"], "merge_temporal"), (["--variant", "x:no_such_option=1"], "no_such_option"),
+    (["--variant", "x:merge_temporal=maybe"], "merge_temporal"),
+    (["--variant", "x:no_such_option=1"], "no_such_option"),
     (["--ratio", "0"], "above 0"),
 ])
 def test_evaluate_motion_refuses_bad_arguments_before_loading_anything(argv, match, capsys):

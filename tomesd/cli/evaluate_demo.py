@@ -16,7 +16,7 @@ from typing import Any
 
 from tomesd.lab.demo_eval import SPLITS, DemoEvaluation, run_evaluation
 
-__all__ = ["add_drawing_arguments", "build_parser", "main"]
+__all__ = ["add_drawing_arguments", "build_parser", "main", "parse_drawing_arguments"]
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -46,12 +46,19 @@ def add_drawing_arguments(parser: argparse.ArgumentParser, default: Any) -> None
     parser.add_argument("--out", type=Path, default=default.out)
 
 
+def parse_drawing_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, drawn: str) -> argparse.Namespace:
+    """Parse ``argv``; exit with a usage error (2) when matplotlib, which draws ``drawn`` at the end of the
+    run, is missing: said before hours of drawing, not after."""
+    args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:
+        parser.error(f"drawing {drawn} needs matplotlib: pip install 'tomesd[ui]'")
+    return args
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the evaluation and print its report; returns the exit code (2: bad arguments)."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if importlib.util.find_spec("matplotlib") is None:  # the grids, drawn at the end: say so before drawing
-        parser.error("drawing the image grids needs matplotlib: pip install 'tomesd[ui]'")
+    args = parse_drawing_arguments(parser, argv, "the image grids")
     try:
         evaluation = DemoEvaluation(**{**vars(args), "ratios": tuple(args.ratios)})
     except ValueError as error:

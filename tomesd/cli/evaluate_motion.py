@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -38,13 +37,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the evaluation and print its report; returns the exit code (2: bad arguments)."""
+    from tomesd.cli.evaluate_demo import parse_drawing_arguments
     from tomesd.lab.bench import parse_variant
     from tomesd.lab.motion_eval import MotionEvaluation, run_evaluation
 
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if importlib.util.find_spec("matplotlib") is None:  # the frame strips, drawn at the end: say so first
-        parser.error("drawing the frame strips needs matplotlib: pip install 'tomesd[ui]'")
+    args = parse_drawing_arguments(parser, argv, "the frame strips")
     try:
         fields = {k: v for k, v in vars(args).items() if k != "variant"}
         if args.variant:

@@ -26,8 +26,8 @@ import torch
 from tomesd.lab.timing import DENOISERS
 
 __all__ = [
-    "ATTENTION", "DEMO", "DEMO_MOTION", "DEMO_TEXTURED", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement", "check_source",
-    "default_settings", "load_pipeline", "parse_device", "parse_dtype", "pipeline_class_name",
+    "ATTENTION", "DEMO", "DEMO_MOTION", "DEMO_TEXTURED", "DEVICE_TYPES", "DTYPES", "OFFLOAD", "check_placement",
+    "check_source", "default_settings", "load_pipeline", "parse_device", "parse_dtype", "pipeline_class_name",
 ]
 
 DEMO = "demo"
