@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line."""
     from tomesd.demo import DEMO_MODEL_DIR
-    from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE, MOTION_ADAPTER_DIR
+    from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE, MAX_FRAMES, MOTION_ADAPTER_DIR
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=MOTION_ADAPTER_DIR, help="adapter folder to write")
@@ -30,7 +30,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
     parser.add_argument("--steps", type=_positive, default=1500)
     parser.add_argument("--batch", type=_positive, default=2, help="clips per step")
-    parser.add_argument("--frames", type=_positive, default=CLIP_FRAMES, help="frames per clip (2 to 32)")
+    parser.add_argument("--frames", type=_positive, default=CLIP_FRAMES, help=f"frames per clip (2 to {MAX_FRAMES})")
     parser.add_argument("--size", type=_positive, default=CLIP_SIZE, help="frame side in pixels (a multiple of 8)")
     parser.add_argument("--lr", type=float, default=5e-4,
                         help="peak learning rate (100 warm-up steps, constant to half way, then a cosine to 0.1x)")
@@ -47,14 +47,14 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Train (or resume) the adapter; returns the exit code (2 for bad arguments)."""
-    from tomesd.demo.motion import train_motion
+    from tomesd.demo.motion import check_clip_shape, train_motion
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if not 2 <= args.frames <= 32:
-        parser.error(f"--frames {args.frames}: the adapter takes 2 to 32 frames")
-    if args.size % 8:
-        parser.error(f"--size {args.size} must be a multiple of 8")
+    try:
+        check_clip_shape(args.frames, args.size)
+    except ValueError as error:
+        parser.error(str(error))
     train_motion(args)
     return 0
 

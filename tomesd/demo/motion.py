@@ -31,15 +31,29 @@ from .clips import draw_clip, random_clip
 from .model import MAX_TOKENS, build_train_scheduler
 from .train import Checkpoints, learning_rate, step_generator
 
-__all__ = ["CLIP_FRAMES", "CLIP_SIZE", "MOTION_ADAPTER_DIR", "batch_clips", "build_motion_adapter",
-           "load_video_pipeline", "motion_parameters", "train_motion"]
+__all__ = ["CLIP_FRAMES", "CLIP_SIZE", "MAX_FRAMES", "MOTION_ADAPTER_DIR", "batch_clips", "build_motion_adapter",
+           "check_clip_shape", "load_video_pipeline", "motion_parameters", "train_motion"]
 
 #: The shipped adapter (``config.json`` + safetensors), trained by ``tomesd train-demo-motion``.
 MOTION_ADAPTER_DIR = DEMO_MODEL_DIR.with_name("demo_motion_adapter")
 #: Frames per clip and image side the adapter is trained and evaluated at (a 32 x 32 latent: 1024 places at the
 #: first level, the demo's smallest size at which the default ``min_tokens`` merges).
 CLIP_FRAMES, CLIP_SIZE = 8, 64
+#: Most frames a clip can have: the length of the adapter's table of frame positions.
+MAX_FRAMES = 32
 STAGE = "motion"
+
+
+def check_clip_shape(frames: int, size: int) -> None:
+    """Refuse clips the adapter cannot take or the VAE cannot encode.
+
+    Raises:
+        ValueError: ``frames`` is not 2 to :data:`MAX_FRAMES`, or ``size`` is not a positive multiple of 8.
+    """
+    if not 2 <= frames <= MAX_FRAMES:
+        raise ValueError(f"frames={frames}: the adapter takes 2 to {MAX_FRAMES} frames")
+    if size <= 0 or size % 8:
+        raise ValueError(f"size={size} must be a positive multiple of 8")
 
 
 def build_motion_adapter(seed: int = 0) -> Any:
@@ -50,7 +64,7 @@ def build_motion_adapter(seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     adapter = MotionAdapter(block_out_channels=(32, 64, 128, 128), motion_layers_per_block=1,
-                            motion_num_attention_heads=4, motion_norm_num_groups=8, motion_max_seq_length=32)
+                            motion_num_attention_heads=4, motion_norm_num_groups=8, motion_max_seq_length=MAX_FRAMES)
     for name, module in adapter.named_modules():
         if name.endswith("proj_out"):
             torch.nn.init.zeros_(module.weight)
@@ -82,8 +96,8 @@ class MotionTrainer:
         self.pipe = load_pipeline(folder=args.init_from)
         self.unet = UNetMotionModel.from_unet2d(self.pipe.unet, build_motion_adapter(args.seed))
         self.unet.freeze_unet2d_params()
-        self.opt = torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad], lr=args.lr,
-                                     weight_decay=1e-2)
+        self.trainable = [p for p in self.unet.parameters() if p.requires_grad]  # the motion modules'
+        self.opt = torch.optim.AdamW(self.trainable, lr=args.lr, weight_decay=1e-2)
         self.noise_schedule = build_train_scheduler()
 
     def state(self, step: int) -> dict:
@@ -128,7 +142,7 @@ class MotionTrainer:
         loss = F.mse_loss(pred, self.noise_schedule.get_velocity(latents, noise, t))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in self.unet.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.opt.step()
         return loss.item()
 

@@ -31,16 +31,16 @@ import torch
 from tqdm import tqdm
 
 from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from tomesd.demo.adherence import adherence
+from tomesd.demo.adherence import AdherenceResult
 from tomesd.demo.detector import detect
-from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE
-from tomesd.demo.shapes import evaluation_captions
+from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE, check_clip_shape
+from tomesd.demo.shapes import evaluation_captions, parse_caption
 from tomesd.lab.generation import GenerationSettings, check_ratio, generate, unpatch
 from tomesd.lab.quality import psnr
 from tomesd.patch.diffusers import OPTIONS
 
-__all__ = ["STANDARD_VARIANTS", "ClipScores", "MotionEvaluation", "run_evaluation", "temporal_error",
-           "track_jitter"]
+__all__ = ["STANDARD_VARIANTS", "ClipScores", "MotionEvaluation", "centre_jitter", "run_evaluation",
+           "temporal_error", "track_jitter"]
 
 #: The settings measured by default besides the unmerged clips, each spelled out (not "the defaults", so a
 #: report reads the same after a default changes): the spatial blocks only, the motion modules on merged
@@ -86,10 +86,7 @@ class MotionEvaluation:
         for name in ("count", "steps", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if not 2 <= self.frames <= 32:
-            raise ValueError(f"frames={self.frames}: the adapter takes 2 to 32 frames")
-        if self.size <= 0 or self.size % 8:
-            raise ValueError(f"size={self.size} must be a positive multiple of 8")
+        check_clip_shape(self.frames, self.size)
         labels = [label for label, _ in self.variants]
         if not labels or len(set(labels)) != len(labels):
             raise ValueError(f"variants need distinct labels, got {labels}")
@@ -112,7 +109,11 @@ def temporal_error(clip: Sequence[Any], reference: Sequence[Any]) -> float:
 def track_jitter(clip: Sequence[Any]) -> float | None:
     """RMS distance in pixels of the detected shape's centre in each frame from the least-squares straight
     line through them over the frame index; None when a frame shows no shape."""
-    centres = [detect(np.asarray(frame)).centre for frame in clip]
+    return centre_jitter([detect(np.asarray(frame)).centre for frame in clip])
+
+
+def centre_jitter(centres: Sequence[tuple[float, float] | None]) -> float | None:
+    """:func:`track_jitter` from the detected centres, one per frame (None: no shape in that frame)."""
     if any(c is None for c in centres):
         return None
     points = np.array(centres)  # (F, 2): x, y
@@ -142,8 +143,10 @@ class ClipScores:
         if reference is not None:
             self.psnr.append(float(np.mean([psnr(a, b) for a, b in zip(clip, reference)])))
             self.temporal_error.append(temporal_error(clip, reference))
-        self.jitter.append(track_jitter(clip))
-        self.adherence.append(adherence(clip, [prompt] * len(clip)))
+        detections = [detect(np.asarray(frame)) for frame in clip]  # once, for the track and the adherence
+        self.jitter.append(centre_jitter([d.centre for d in detections]))
+        asked = parse_caption(prompt)  # every frame is asked the same, so the mean score is the adherence
+        self.adherence.append(float(np.mean([AdherenceResult(prompt, asked, d.as_dict()).score for d in detections])))
 
     def summary(self) -> dict[str, Any]:
         """Means and worst clips (the lowest PSNR, the highest temporal error), the mean jitter over the
