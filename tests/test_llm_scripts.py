@@ -45,15 +45,17 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
-def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path, capsys):
+@pytest.mark.parametrize("task, reference", [("lookup", "guess among the context's parents"),
+                                             ("relation", "the commonest answer")])
+def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path, capsys, task, reference):
     """The protocol on a local tiny model: a call stopped by its time limit resumes (through the script, with
-    the same flags) and completes."""
+    the same flags) and completes; its table ends with the task's no-model reference."""
     tokenizer = build_tree_tokenizer()
     model_dir, work, report = tmp_path / "model", tmp_path / "work", tmp_path / "report"
     tiny_qwen(vocab=len(tokenizer)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     flags = ["--model", str(model_dir), "--work", str(work), "--report", str(report), "--nodes", "3", "5", "--steps",
-             "3", "--warmup", "1", "--eval-count", "4", "--train-trees", "40", "--save-every", "100"]
+             "3", "--warmup", "1", "--eval-count", "4", "--train-trees", "40", "--save-every", "100", "--task", task]
     # stops (and saves) after its first step
     assert reproduce_llm(["real", *flags, "--stop-after-minutes", "0"]) == 3
     assert "run the same command again" in capsys.readouterr().out
@@ -67,7 +69,10 @@ def test_real_weights_protocol_runs_stops_and_resumes_at_tiny_settings(tmp_path,
     assert all(0.0 <= acc <= 1.0 for acc in result["accuracy"].values())
     assert len(json.loads((work / "k4" / "done.json").read_text())["losses"]) == 3
     assert [run["steps_done"] for run in map(json.loads, (work / "k4" / "runs.jsonl").read_text().splitlines())] == [1, 3]
-    assert (report / "llm_real_tree_model.md").read_text().startswith("| setting |")
+    table = (report / "llm_real_tree_model.md").read_text().splitlines()
+    assert table[0].startswith("| setting |") and len(table) == 2 + 4 + 1
+    share = result["reference"][f"reference, no model: {reference}"]
+    assert 0.0 < share <= 1.0 and table[-1] == f"| reference, no model: {reference} | - | {100 * share:.1f}% |"
 
 
 def test_the_k_stage_can_start_from_the_k1_adapters(tmp_path):
@@ -93,6 +98,35 @@ def test_the_k_stage_can_start_from_the_k1_adapters(tmp_path):
     assert b and set(b) <= set(k4)
     assert any(k1[name].abs().max() > 1e-4 for name in b)  # K=1 trained its B matrices away from 0
     assert all(torch.allclose(k4[name], k1[name], atol=1e-5) for name in b)  # a fresh adapter's B would be 0
+
+
+def test_training_trees_of_each_task_and_with_reconstruction(tmp_path, monkeypatch):
+    """``--reconstruct`` trains both stages on the same trees, each with a last turn answered by its context;
+    ``--task relation`` trains on the paper's indented trees."""
+    from tomesd.lab import llm_reproduce
+    from tomesd.llm.task import RECONSTRUCT_QUESTION
+
+    tokenizer = build_tree_tokenizer()
+    model_dir = tmp_path / "model"
+    tiny_qwen(vocab=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    trained = {}
+
+    def record_stage(base, tokenizer, examples, k, *rest):
+        trained[k] = examples
+        return {"k": k}  # as a finished stage
+
+    monkeypatch.setattr(llm_reproduce, "train_stage", record_stage)
+    flags = ["--model", str(model_dir), "--work", str(tmp_path / "work"), "--nodes", "3", "5", "--train-trees", "6",
+             "--stages", "k4", "k1"]
+    assert reproduce_llm(["real", *flags, "--reconstruct"]) == 0
+    assert trained[4] == trained[1] and len(trained[4]) == 6
+    assert all(e.turns()[-1] == (RECONSTRUCT_QUESTION, e.context) for e in trained[4])
+    trained.clear()
+    assert reproduce_llm(["real", *flags]) == 0
+    assert all(RECONSTRUCT_QUESTION not in dict(e.turns()) for e in trained[4])
+    assert reproduce_llm(["real", *flags, "--task", "relation"]) == 0  # the paper's form
+    assert all(e.context.startswith("Tree: ") and e.answer in ("true", "false") for e in trained[4])
 
 
 def test_examples_with_a_chat_template_and_a_trained_encoder(tmp_path):

@@ -7,7 +7,8 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from tomesd.llm.task import QAExample, build_tree_tokenizer, parent_guess_accuracy, sample_tree_example, tree_examples
+from tomesd.llm.task import (RECONSTRUCT_QUESTION, QAExample, build_tree_tokenizer, parent_guess_accuracy,
+                             sample_tree_example, tree_examples, with_reconstruction)
 
 
 def test_answer_is_the_parent_stated_in_the_context():
@@ -35,6 +36,16 @@ def test_follow_up_questions_ask_distinct_children_of_the_same_tree():
     assert tree_examples(5, 3, 6, seed=1, questions=1)[0].follow_ups == ()
     with pytest.raises(ValueError, match="questions must be >= 1"):
         sample_tree_example(random.Random(0), 5, questions=0)
+
+
+def test_reconstruction_is_one_more_turn_at_the_end_answered_by_the_context():
+    for example in tree_examples(5, 3, 9, seed=4, questions=3):
+        extended = with_reconstruction(example)
+        # what evaluation asks is untouched; the lookups come first, so (causally) they never see the context spelled out
+        assert (extended.context, extended.question, extended.answer) == (example.context, example.question,
+                                                                           example.answer)
+        assert extended.turns() == [*example.turns(), (RECONSTRUCT_QUESTION, example.context)]
+    assert with_reconstruction(QAExample("a b", "q ?", "a"), "again :").follow_ups == (("again :", "a b"),)
 
 
 def test_tokenizer_covers_the_task_and_survives_save_load(tmp_path):

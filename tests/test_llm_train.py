@@ -10,7 +10,7 @@ import torch
 from tests.llm_models import tiny_qwen
 from tomesd.llm import KTokenEncoder, compress_prompt
 from tomesd.llm.compress import IGNORE_INDEX
-from tomesd.llm.task import build_tree_tokenizer, tree_examples
+from tomesd.llm.task import build_tree_tokenizer, tree_examples, with_reconstruction
 from tomesd.llm.train import (
     LengthCurriculum,
     StageOptions,
@@ -52,6 +52,16 @@ def test_follow_up_questions_are_labelled_like_the_first(tokenizer):
         real = batch["tail_mask"][row].bool()
         assert batch["tail_ids"][row][real].tolist() == expected_tail
         assert batch["tail_labels"][row][real].tolist() == expected_labels
+
+
+def test_a_reconstruction_turn_labels_every_context_token(tokenizer):
+    example = with_reconstruction(tree_examples(1, 4, 6, seed=3, questions=2)[0])
+    batch = encode_training_batch(tokenizer, [example])
+    labelled = batch["tail_labels"][0][batch["tail_labels"][0] != IGNORE_INDEX].tolist()
+    context_ids = tokenizer(example.context, add_special_tokens=False)["input_ids"]
+    lookups = [tokenizer.convert_tokens_to_ids(answer) for _, answer in example.turns()[:-1]]
+    assert labelled == [token for answer in lookups for token in (answer, tokenizer.eos_token_id)] + context_ids + [
+        tokenizer.eos_token_id]
 
 
 def test_answer_loss_is_cross_entropy_on_answer_tokens(tokenizer):

@@ -73,13 +73,17 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_real(parser: argparse.ArgumentParser) -> None:
-    from tomesd.lab.llm_reproduce import REAL_STAGES
+    from tomesd.lab.llm_reproduce import REAL_STAGES, TREE_TASKS
     from tomesd.llm.train import StageOptions
 
     _add_model(parser)
     parser.add_argument("--stages", nargs="+", choices=REAL_STAGES, default=list(REAL_STAGES))
     parser.add_argument("--work", default="outputs/llm_real", help="checkpoints and resumable training state")
     parser.add_argument("--report", default="samples", help="where the table and JSON go")
+    parser.add_argument("--task", choices=TREE_TASKS, default="lookup",
+                        help="lookup: sentences 'C is the parent of F .', asked 'who is the parent of F ?', answered "
+                        "by a name (tomesd.llm.task); relation: the paper's form, an indented tree asked whether one "
+                        "node is another's parent, answered true or false, balanced (tomesd.llm.relation_task)")
     parser.add_argument("--nodes", type=int, nargs=2, default=[8, 16], help="tree sizes (min max)")
     parser.add_argument("--train-nodes", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                         help="training tree sizes (default: --nodes); smaller trees give --curriculum a start")
@@ -89,6 +93,10 @@ def _add_real(parser: argparse.ArgumentParser) -> None:
                         help="start the K stage's LoRA from the finished K=1 stage's adapters (k1 runs first): the "
                         "model already answers the task uncompressed and only learns to read merged tokens, as in "
                         "the miniature")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="end every training tree's turns with one that asks for the context back and labels "
+                        "all of it (tomesd.llm.task.with_reconstruction): a label per context token, not one per "
+                        "question")
     parser.add_argument("--train-trees", type=int, default=20000, help="training trees drawn (seed --seed)")
     parser.add_argument("--eval-count", type=int, default=200, help="held-out trees")
     parser.add_argument("--eval-batch", type=int, default=16)

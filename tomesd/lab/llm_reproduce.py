@@ -21,7 +21,8 @@ import torch
 from tomesd.llm import KTokenEncoder
 from tomesd.llm.code import code_examples, next_line_metrics, split_files, stdlib_files
 from tomesd.llm.finetune import small_qwen2
-from tomesd.llm.task import build_tree_tokenizer, parent_guess_accuracy, tree_examples
+from tomesd.llm.relation_task import majority_accuracy, relation_examples
+from tomesd.llm.task import build_tree_tokenizer, parent_guess_accuracy, tree_examples, with_reconstruction
 from tomesd.llm.train import (DONE_FILE, LORA_DIR, LengthCurriculum, StageOptions, accuracy, add_lora,
                               load_checkpoint, save_checkpoint, train, train_stage)
 from tomesd.llm.weights import MODELS, load_model
@@ -29,6 +30,11 @@ from tomesd.llm.weights import MODELS, load_model
 __all__ = ["REAL_STAGES", "CODE_STAGES", "STOPPED", "evaluate_real", "plot_losses", "run_code", "run_miniature",
            "run_real"]
 
+# --task of the real protocol: (examples(count, min_nodes, max_nodes, seed, questions), its no-model reference)
+TREE_TASKS = {
+    "lookup": (tree_examples, "reference, no model: guess among the context's parents", parent_guess_accuracy),
+    "relation": (relation_examples, "reference, no model: the commonest answer", majority_accuracy),
+}
 REAL_STAGES = ("k4", "k1", "eval")  # the trained K=4 first: a stopped session has it soonest
 CODE_STAGES = ("train", "eval")
 STOPPED = 3  # the exit code of a call its time limit stopped (run the same command again to continue)
@@ -113,7 +119,8 @@ def evaluate_real(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[s
     """Exact match on the held-out trees for every condition of :func:`run_real`; writes the report."""
     from peft import PeftModel
 
-    held_out = tree_examples(args.eval_count, *args.nodes, seed=args.seed + 1)
+    examples, reference, reference_accuracy = TREE_TASKS[args.task]
+    held_out = examples(args.eval_count, *args.nodes, seed=args.seed + 1)
     rows = {"K=1, no training": accuracy(base, tokenizer, held_out, 1, batch_size=args.eval_batch)}
     k1 = PeftModel.from_pretrained(base, Path(args.work) / "k1" / LORA_DIR).eval()
     rows["K=1, LoRA"] = accuracy(k1, tokenizer, held_out, 1, batch_size=args.eval_batch)
@@ -129,13 +136,14 @@ def evaluate_real(args: argparse.Namespace, base: Any, tokenizer: Any) -> dict[s
                for k in (1, args.k)}
     result = {"model": args.model, "settings": vars(args), "accuracy": rows, "eval_count": len(held_out),
               "context_tokens": {"min": min(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)},
-              "parent_guess_accuracy": parent_guess_accuracy(held_out), "train_minutes": minutes}
+              "reference": {reference: reference_accuracy(held_out)}, "train_minutes": minutes}
     name = Path(args.model).name if args.model not in MODELS else args.model
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / f"llm_real_tree_{name}.json").write_text(json.dumps(result, indent=2))
     table = ["| setting | context kept | exact match |", "| --- | --- | --- |"]
     table += [f"| {row} | {_kept(row, args.k)} | {100 * acc:.1f}% |" for row, acc in rows.items()]
+    table += [f"| {reference} | - | {100 * reference_accuracy(held_out):.1f}% |"]
     (report / f"llm_real_tree_{name}.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return result
@@ -149,8 +157,10 @@ def run_real(args: argparse.Namespace) -> int:
     base, tokenizer = load_model(args.model)
     if args.grad_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    training = tree_examples(args.train_trees, *(args.train_nodes or args.nodes), seed=args.seed,
-                             questions=args.questions)
+    training = TREE_TASKS[args.task][0](args.train_trees, *(args.train_nodes or args.nodes), seed=args.seed,
+                                        questions=args.questions)
+    if args.reconstruct:
+        training = [with_reconstruction(example) for example in training]
     for stage in _stage_order(args):
         if stage == "eval":
             evaluate_real(args, base, tokenizer)

@@ -20,14 +20,17 @@ from transformers import PreTrainedTokenizerFast
 __all__ = [
     "NODE_NAMES",
     "QAExample",
+    "RECONSTRUCT_QUESTION",
     "build_tree_tokenizer",
     "parent_guess_accuracy",
     "sample_tree_example",
     "tree_examples",
+    "with_reconstruction",
 ]
 
 NODE_NAMES = tuple(string.ascii_uppercase)
 TASK_WORDS = ("is", "the", "parent", "of", ".", "who", "?")
+RECONSTRUCT_QUESTION = "repeat the context :"
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "[EOS]", "unk_token": "[UNK]"}
 
 
@@ -78,6 +81,18 @@ def tree_examples(count: int, min_nodes: int, max_nodes: int, seed: int, questio
     (``questions`` per context, see :func:`sample_tree_example`)."""
     rng = random.Random(seed)
     return [sample_tree_example(rng, rng.randint(min_nodes, max_nodes), questions) for _ in range(count)]
+
+
+def with_reconstruction(example: QAExample, question: str = RECONSTRUCT_QUESTION) -> QAExample:
+    """``example`` with one more training turn at the end: ``question``, answered by the context itself.
+
+    Labelling the whole context gives a compressed context as many labels as it has tokens (a lookup
+    question gives one), so the encoder and adapters learn to read merged tokens from a dense signal. The
+    turn comes last: the model is causal, so the lookup turns before it never see the context spelled out.
+    Evaluation asks ``question`` only and never sees this turn.
+    """
+    return QAExample(example.context, example.question, example.answer,
+                     follow_ups=(*example.follow_ups, (question, example.context)))
 
 
 def parent_guess_accuracy(examples: list[QAExample]) -> float:
