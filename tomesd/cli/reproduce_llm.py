@@ -16,6 +16,9 @@ the K-token reproductions of :mod:`tomesd.lab.llm_reproduce`, offline on a CPU.
   match of the greedy answer on held-out trees: K=1 without training, K=1 + LoRA, K=4 training-free mean
   (on the K=1 + LoRA model, which knows the answer format), K=4 encoder + LoRA. Training asks
   ``--questions`` questions about each training tree (each answer labelled); evaluation asks one.
+  ``--task lookup`` (default) names a node's parent; ``--task relation`` is the paper's own form (an
+  indented tree, "is X the parent of Y", true/false, balanced); ``--reconstruct`` adds a training turn
+  that asks for the context back.
 * ``code``: K-token merging on real code with real weights, continuing Python's standard library. Modules
   are split into training and held-out sets by a hash of their path (:mod:`tomesd.llm.code`). Each example
   is a file's ``--context-lines`` lines (compressed by ``--k``), the next ``--tail-lines`` lines kept

