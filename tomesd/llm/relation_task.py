@@ -7,8 +7,7 @@ structure (a node's parent is the nearest line above it that is one level shallo
 
 The paper asks about every ordered pair of a tree's nodes, so most answers are ``false`` (a tree of n nodes
 has n - 1 parent pairs among n(n - 1)): always answering ``false`` scores 1 - 1/n of that mix (96.7% at 30
-nodes).
-Here questions are **balanced**: each is a parent pair or not with equal chance, so guessing scores 50%.
+nodes). Here questions are **balanced**: each is a parent pair or not with equal chance, so guessing scores 50%.
 The context (``Tree: ...``) is what gets compressed; the question stays token by token after it.
 """
 
@@ -70,14 +69,15 @@ def sample_relation_example(rng: random.Random, num_nodes: int, questions: int =
 
     Each question is, with equal chance, a parent pair (true) or an ordered pair of distinct nodes that is
     not one (false: a child and its parent reversed, siblings, a grandparent, ...); the first is ``question``,
-    the others ``follow_ups``. The answer is ``"true"`` or ``"false"``.
+    the others ``follow_ups`` (drawn independently, so a pair may be asked twice). The answer is ``"true"`` or
+    ``"false"``.
 
     Raises:
         ValueError: ``num_nodes`` outside [3, number of node names], or ``questions`` below 1.
     """
     if not 3 <= num_nodes <= len(NODE_NAMES):
-        raise ValueError(f"num_nodes must be in [3, {len(NODE_NAMES)}] (a smaller tree has no false pair "
-                         f"besides a reversed one), got {num_nodes}")
+        raise ValueError(f"num_nodes must be in [3, {len(NODE_NAMES)}] (in a 2-node tree the only false "
+                         f"question is the true one reversed), got {num_nodes}")
     if questions < 1:
         raise ValueError(f"questions must be >= 1, got {questions}")
     names, parent = _random_tree(rng, num_nodes)

@@ -87,8 +87,8 @@ def with_reconstruction(example: QAExample, question: str = RECONSTRUCT_QUESTION
     """``example`` with one more training turn at the end: ``question``, answered by the context itself.
 
     Labelling the whole context gives a compressed context as many labels as it has tokens (a lookup
-    question gives one), so the encoder and adapters learn to read merged tokens from a dense signal. The
-    turn comes last: the model is causal, so the lookup turns before it never see the context spelled out.
+    question gives one): a denser signal for learning to read merged tokens (on Qwen2.5-Coder-0.5B it did
+    not get a tree's names read within 130 steps of 4 trees; see the README). The turn comes last: the model is causal, so the lookup turns before it never see the context spelled out.
     Evaluation asks ``question`` only and never sees this turn.
     """
     return QAExample(example.context, example.question, example.answer,
