@@ -12,10 +12,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .detector import detect
+from .detector import Detection, detect
 from .shapes import parse_caption
 
-__all__ = ["AdherenceResult", "adherence", "adherence_details"]
+__all__ = ["AdherenceResult", "adherence", "adherence_details", "judge_detections", "pooled_adherence"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,33 @@ def adherence_details(images: Sequence[Image.Image | np.ndarray], prompts: Seque
         ValueError: the counts differ, there are no images, or a prompt is not in the demo grammar.
         TypeError: an image is neither a PIL image nor a numpy array.
     """
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, one per image, not a single string")
-    if len(images) != len(prompts) or not images:
-        raise ValueError(f"need one prompt per image and at least one image, got {len(images)} images "
-                         f"and {len(prompts)} prompts")
+    _check_pairs(images, prompts)
     asked = [parse_caption(p) for p in prompts]  # fail on a bad prompt before detecting anything
     return [AdherenceResult(p, a, detect(img).as_dict()) for img, p, a in zip(images, prompts, asked)]
+
+
+def judge_detections(detections: Sequence[Detection], prompts: Sequence[str]) -> list[AdherenceResult]:
+    """:func:`adherence_details` for images already detected (e.g. when their centres are wanted too).
+
+    Raises:
+        ValueError, TypeError: as :func:`adherence_details`.
+    """
+    _check_pairs(detections, prompts)
+    return [AdherenceResult(p, parse_caption(p), d.as_dict()) for d, p in zip(detections, prompts)]
+
+
+def pooled_adherence(results: Sequence[AdherenceResult]) -> float:
+    """Fraction of all the attributes asked in ``results`` that were detected (what :func:`adherence` returns)."""
+    return sum(sum(r.matched.values()) for r in results) / sum(len(r.asked) for r in results)
+
+
+def _check_pairs(items: Sequence[object], prompts: Sequence[str]) -> None:
+    """Raise unless ``prompts`` is a sequence of strings with one per item, and there is an item."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, one per image, not a single string")
+    if len(items) != len(prompts) or not items:
+        raise ValueError(f"need one prompt per image and at least one image, got {len(items)} images "
+                         f"and {len(prompts)} prompts")
 
 
 def adherence(images: Sequence[Image.Image | np.ndarray], prompts: Sequence[str]) -> float:
@@ -67,6 +87,4 @@ def adherence(images: Sequence[Image.Image | np.ndarray], prompts: Sequence[str]
     Raises:
         ValueError, TypeError: as :func:`adherence_details`.
     """
-    results = adherence_details(images, prompts)
-    matched = sum(sum(r.matched.values()) for r in results)
-    return matched / sum(len(r.asked) for r in results)
+    return pooled_adherence(adherence_details(images, prompts))

@@ -31,10 +31,10 @@ import torch
 from tqdm import tqdm
 
 from tomesd.demo import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from tomesd.demo.adherence import AdherenceResult
+from tomesd.demo.adherence import judge_detections, pooled_adherence
 from tomesd.demo.detector import detect
 from tomesd.demo.motion import CLIP_FRAMES, CLIP_SIZE, check_clip_shape
-from tomesd.demo.shapes import evaluation_captions, parse_caption
+from tomesd.demo.shapes import evaluation_captions
 from tomesd.lab.generation import GenerationSettings, check_ratio, generate, unpatch
 from tomesd.lab.quality import psnr
 from tomesd.patch.diffusers import OPTIONS
@@ -145,8 +145,7 @@ class ClipScores:
             self.temporal_error.append(temporal_error(clip, reference))
         detections = [detect(np.asarray(frame)) for frame in clip]  # once, for the track and the adherence
         self.jitter.append(centre_jitter([d.centre for d in detections]))
-        asked = parse_caption(prompt)  # every frame is asked the same, so the mean score is the adherence
-        self.adherence.append(float(np.mean([AdherenceResult(prompt, asked, d.as_dict()).score for d in detections])))
+        self.adherence.append(pooled_adherence(judge_detections(detections, [prompt] * len(detections))))
 
     def summary(self) -> dict[str, Any]:
         """Means and worst clips (the lowest PSNR, the highest temporal error), the mean jitter over the
