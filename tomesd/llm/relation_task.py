@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import string
 
-from .task import QAExample
+from .task import QAExample, draw_examples
 
 __all__ = [
     "MAX_CHILDREN",
@@ -99,8 +99,7 @@ def sample_relation_example(rng: random.Random, num_nodes: int, questions: int =
 
 def relation_examples(count: int, min_nodes: int, max_nodes: int, seed: int, questions: int = 1) -> list[QAExample]:
     """``count`` examples with tree sizes drawn uniformly from [min_nodes, max_nodes], reproducible by ``seed``."""
-    rng = random.Random(seed)
-    return [sample_relation_example(rng, rng.randint(min_nodes, max_nodes), questions) for _ in range(count)]
+    return draw_examples(sample_relation_example, count, min_nodes, max_nodes, seed, questions)
 
 
 def majority_accuracy(examples: list[QAExample]) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
+from typing import Callable
 
 from tokenizers import Tokenizer, decoders
 from tokenizers.models import WordLevel
@@ -22,6 +23,7 @@ __all__ = [
     "QAExample",
     "RECONSTRUCT_QUESTION",
     "build_tree_tokenizer",
+    "draw_examples",
     "parent_guess_accuracy",
     "sample_tree_example",
     "tree_examples",
@@ -79,8 +81,17 @@ def sample_tree_example(rng: random.Random, num_nodes: int, questions: int = 1) 
 def tree_examples(count: int, min_nodes: int, max_nodes: int, seed: int, questions: int = 1) -> list[QAExample]:
     """``count`` examples with tree sizes drawn uniformly from [min_nodes, max_nodes], reproducible by ``seed``
     (``questions`` per context, see :func:`sample_tree_example`)."""
+    return draw_examples(sample_tree_example, count, min_nodes, max_nodes, seed, questions)
+
+
+def draw_examples(
+    sample: Callable[[random.Random, int, int], QAExample], count: int, min_nodes: int, max_nodes: int, seed: int,
+    questions: int = 1,
+) -> list[QAExample]:
+    """``count`` calls of ``sample(rng, num_nodes, questions)`` with ``num_nodes`` drawn uniformly from
+    [min_nodes, max_nodes], all from one generator seeded by ``seed``."""
     rng = random.Random(seed)
-    return [sample_tree_example(rng, rng.randint(min_nodes, max_nodes), questions) for _ in range(count)]
+    return [sample(rng, rng.randint(min_nodes, max_nodes), questions) for _ in range(count)]
 
 
 def with_reconstruction(example: QAExample, question: str = RECONSTRUCT_QUESTION) -> QAExample:
